@@ -1,0 +1,170 @@
+//! Settings: built-in defaults, then an optional `jobsd.toml`, then `JOBSD_*` environment
+//! variables, then `DATABASE_URL`. Everything is checked here, before any task starts, so that
+//! a bad value stops the process with one line that names the setting.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the daemon keeps its jobs when nothing says otherwise: a file beside the process.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://jobsd.db";
+
+/// The file read when `--config` is not given; it may be absent.
+pub const DEFAULT_CONFIG_FILE: &str = "jobsd.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// `postgres://…`, `mysql://…` or `sqlite://…`.
+    pub database_url: String,
+    /// How often the publishers look at the table when nothing wakes them sooner.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a QUEUED or RUNNING job may stay silent before it counts as dead.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// How many jobs one replica runs at once.
+    pub consumers: u32,
+    /// Job starts per second per replica; 0 turns the limiter off.
+    pub rate_per_second: u32,
+    /// How long running jobs may take to finish after SIGTERM before they are released.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The wait before a failed job's second attempt; it doubles for each further one.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// The start of this replica's id; a random suffix new at every start is appended.
+    pub worker_id: String,
+    /// `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A setting that cannot be used; the message names it and says what would do.
+#[derive(Debug, thiserror::Error)]
+#[error("bad setting: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Reads the settings; `file` must exist when given, `jobsd.toml` is optional.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        use config::{Environment, File, FileFormat};
+
+        let wrap = |e: config::ConfigError| ConfigError(e.to_string());
+        let mut builder = config::Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = builder.set_default(*key, *value).map_err(wrap)?;
+        }
+        builder = match file {
+            Some(path) => {
+                builder.add_source(File::from(path).format(FileFormat::Toml).required(true))
+            }
+            None => {
+                builder.add_source(File::new(DEFAULT_CONFIG_FILE, FileFormat::Toml).required(false))
+            }
+        };
+        builder = builder.add_source(Environment::with_prefix("JOBSD").try_parsing(false));
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            builder = builder.set_override("database_url", url).map_err(wrap)?;
+        }
+        let mut config: Config = builder
+            .build()
+            .map_err(wrap)?
+            .try_deserialize()
+            .map_err(|e| ConfigError(explain(&e)))?;
+        if config.worker_id.is_empty() {
+            config.worker_id = host_name();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("poll_interval", self.poll_interval),
+            ("dead_after", self.dead_after),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError(format!(
+                    "{name} ({}) must be longer than 0s",
+                    env_name(name)
+                )));
+            }
+        }
+        if self.dead_after < Duration::from_millis(100) {
+            return Err(ConfigError(format!(
+                "dead_after ({}) must be at least 100ms, so that live jobs can prove they are alive",
+                env_name("dead_after")
+            )));
+        }
+        if !(1..=10_000).contains(&self.consumers) {
+            return Err(ConfigError(format!(
+                "consumers ({}) must be between 1 and 10000, got {}",
+                env_name("consumers"),
+                self.consumers
+            )));
+        }
+        if self.worker_id.trim().is_empty() || self.worker_id.len() > 200 {
+            return Err(ConfigError(format!(
+                "worker_id ({}) must be 1 to 200 characters",
+                env_name("worker_id")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Connections this replica's pool may open: one per running job at most, plus the loops.
+    pub fn pool_size(&self) -> u32 {
+        self.consumers.min(16) + 4
+    }
+
+    /// How often a running job should prove it is alive: well inside `dead_after`.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.dead_after / 4).min(Duration::from_secs(1))
+    }
+}
+
+const DEFAULTS: &[(&str, &str)] = &[
+    ("database_url", DEFAULT_DATABASE_URL),
+    ("poll_interval", "1s"),
+    ("dead_after", "10s"),
+    ("consumers", "10"),
+    ("rate_per_second", "50"),
+    ("shutdown_grace", "25s"),
+    ("retry_backoff", "1s"),
+    ("worker_id", ""),
+    ("log_format", "text"),
+];
+
+fn env_name(setting: &str) -> String {
+    format!("JOBSD_{}", setting.to_uppercase())
+}
+
+/// The `config` crate says "for key `x`"; add the environment variable people actually set.
+fn explain(error: &config::ConfigError) -> String {
+    let text = error.to_string();
+    let named = DEFAULTS
+        .iter()
+        .map(|(key, _)| *key)
+        .find(|key| text.contains(&format!("`{key}`")));
+    match named {
+        Some(key) => format!("{key} ({}): {text}", env_name(key)),
+        None => text,
+    }
+}
+
+/// This host's name, the default start of worker ids.
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "jobsd".to_owned())
+}

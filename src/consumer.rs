@@ -1,0 +1,222 @@
+//! The consumer pool: takes claimed jobs off the channel, waits for the rate limiter before each
+//! start, and runs each job in its own task to one recorded outcome. Concurrency is bounded by
+//! the slots the new-jobs publisher hands out with each job, not here.
+
+use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::context::JobContext;
+use crate::handlers::{Handlers, Permanent};
+use crate::held::Held;
+use crate::job::{ClaimedJob, Outcome, backoff};
+use crate::publisher::Claimed;
+use crate::store::Store;
+
+/// How many times a finished job's outcome is offered to a database that does not answer.
+const RECORD_TRIES: u32 = 8;
+
+pub(crate) struct Pool {
+    pub store: Arc<dyn Store>,
+    pub worker: Arc<str>,
+    pub handlers: Handlers,
+    pub held: Arc<Held>,
+    /// `None` when `rate_per_second` is 0.
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub heartbeat_interval: Duration,
+    pub retry_backoff: Duration,
+    /// Read here, written by the new-jobs publisher: wake it when a slot frees.
+    pub backlog: Arc<AtomicBool>,
+    pub wake: Arc<Notify>,
+}
+
+/// How a job's task ended.
+enum Run {
+    Ended(Outcome),
+    /// The row was settled elsewhere (cancelled as dead); nothing more to write.
+    Lost,
+    /// Shutdown's grace ran out; the job goes back to NEW.
+    Interrupted,
+}
+
+/// `rate_per_second` starts a second, one at a time: no burst, so the database sees an even pace.
+pub(crate) fn limiter(rate_per_second: u32) -> Option<DefaultDirectRateLimiter> {
+    let rate = NonZeroU32::new(rate_per_second)?;
+    Some(RateLimiter::direct(
+        Quota::per_second(rate).allow_burst(NonZeroU32::MIN),
+    ))
+}
+
+impl Pool {
+    /// Starts jobs from `channel` until `stop`, then gives back what is still waiting in it.
+    /// Jobs run in `jobs`; `interrupt` tells them that shutdown's grace is over.
+    pub async fn run(
+        self: Arc<Self>,
+        mut channel: mpsc::Receiver<Claimed>,
+        stop: CancellationToken,
+        jobs: TaskTracker,
+        interrupt: CancellationToken,
+    ) {
+        loop {
+            let claimed = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                next = channel.recv() => match next {
+                    Some(claimed) => claimed,
+                    None => break,
+                },
+            };
+            if let Some(limiter) = &self.limiter {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => {
+                        self.give_back(claimed).await;
+                        break;
+                    }
+                    () = limiter.until_ready() => {}
+                }
+            }
+            let pool = Arc::clone(&self);
+            let interrupt = interrupt.clone();
+            jobs.spawn(async move { pool.run_job(claimed, interrupt).await });
+        }
+        channel.close();
+        while let Some(claimed) = channel.recv().await {
+            self.give_back(claimed).await;
+        }
+    }
+
+    /// A claimed job this replica will not start after all goes back to NEW for anyone to take.
+    async fn give_back(&self, claimed: Claimed) {
+        let id = claimed.job.id;
+        self.held.remove(id);
+        if let Err(error) = self.store.release(&self.worker, Some(id)).await {
+            tracing::warn!(job = id, %error, "could not give back a queued job; the dead-job sweep will");
+        }
+    }
+
+    async fn run_job(&self, claimed: Claimed, interrupt: CancellationToken) {
+        let Claimed { job, slot, lost } = claimed;
+        let id = job.id;
+        match self.store.mark_started(id, &self.worker).await {
+            Ok(true) => {
+                self.held.started(id);
+                match self.execute(job, &lost, &interrupt).await {
+                    Run::Ended(outcome) => self.record(id, &outcome).await,
+                    Run::Lost => tracing::info!(job = id, "stopped: the job was settled elsewhere"),
+                    Run::Interrupted => match self.store.release(&self.worker, Some(id)).await {
+                        Ok(_) => tracing::info!(job = id, "shutdown: job released to NEW"),
+                        Err(error) => {
+                            tracing::warn!(job = id, %error, "shutdown: could not release job")
+                        }
+                    },
+                }
+            }
+            Ok(false) => tracing::debug!(job = id, "taken back before it started"),
+            Err(error) => {
+                tracing::warn!(job = id, %error, "could not start job; the dead-job sweep will requeue it")
+            }
+        }
+        self.held.remove(id);
+        drop(slot);
+        if self.backlog.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn execute(
+        &self,
+        job: ClaimedJob,
+        lost: &CancellationToken,
+        interrupt: &CancellationToken,
+    ) -> Run {
+        let attempt = job.attempts + 1;
+        let max_attempts = job.max_attempts;
+        let Some(handler) = self.handlers.get(&job.kind) else {
+            let reason = format!(
+                "unknown job kind {:?}; this daemon runs: {}",
+                job.kind,
+                self.handlers.kinds().join(", ")
+            );
+            return Run::Ended(Outcome::Failed { reason });
+        };
+        let ctx = match JobContext::new(
+            job,
+            Arc::clone(&self.store),
+            Arc::clone(&self.worker),
+            self.heartbeat_interval,
+            lost.clone(),
+        ) {
+            Ok(ctx) => ctx,
+            Err(Permanent(reason)) => return Run::Ended(Outcome::Failed { reason }),
+        };
+        let result = tokio::select! {
+            biased;
+            () = lost.cancelled() => return Run::Lost,
+            () = interrupt.cancelled() => return Run::Interrupted,
+            result = AssertUnwindSafe(handler.run(&ctx)).catch_unwind() => result,
+        };
+        let error = match result {
+            Ok(Ok(())) => return Run::Ended(Outcome::Done),
+            Ok(Err(error)) => error,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                anyhow::anyhow!("handler panicked: {message}")
+            }
+        };
+        let reason = format!("{error:#}");
+        Run::Ended(if Permanent::is_in(&error) || attempt >= max_attempts {
+            Outcome::Failed { reason }
+        } else {
+            Outcome::Retry {
+                backoff: backoff(self.retry_backoff, attempt),
+                reason: format!("{reason} (attempt {attempt} of {max_attempts}; will retry)"),
+            }
+        })
+    }
+
+    /// Writes the outcome, retrying while the database does not answer: a job that finished must
+    /// not be cancelled as dead because of a short outage.
+    async fn record(&self, id: i64, outcome: &Outcome) {
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..RECORD_TRIES {
+            match self.store.finish(id, &self.worker, outcome).await {
+                Ok(true) => {
+                    match outcome {
+                        Outcome::Done => tracing::debug!(job = id, "done"),
+                        Outcome::Failed { reason } => tracing::warn!(job = id, "failed: {reason}"),
+                        Outcome::Retry { reason, backoff } => {
+                            tracing::warn!(job = id, retry_in = ?backoff, "failed: {reason}")
+                        }
+                    }
+                    return;
+                }
+                Ok(false) => {
+                    tracing::info!(job = id, "job was settled elsewhere before it finished");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(job = id, %error, retry_in = ?wait, "could not record outcome");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+        tracing::error!(
+            job = id,
+            "outcome lost; the dead-job sweep will settle the job"
+        );
+    }
+}

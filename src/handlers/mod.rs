@@ -1,0 +1,76 @@
+//! Job kinds: the [`Handler`] trait a kind implements, and the registry that picks a handler by
+//! the row's `kind`. Built-in kinds live one per file beside this one; a library user registers
+//! their own with [`Handlers::register`].
+
+mod sleep;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::context::JobContext;
+
+pub use sleep::Sleep;
+
+/// Runs one kind of job. An `Err` fails this attempt: the job is retried while attempts remain,
+/// unless the error is (or wraps) a [`Permanent`] one. The daemon may drop the returned future
+/// at any `.await` (the job was cancelled, or shutdown's grace ran out), so a handler keeps
+/// nothing half-done across an `.await` that it could not redo.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn run(&self, ctx: &JobContext) -> anyhow::Result<()>;
+}
+
+/// A failure that another attempt cannot fix (bad input, say): the job ends FAILED at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
+
+impl Permanent {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Permanent(reason.into())
+    }
+
+    /// Whether `error`, or anything it wraps, is permanent.
+    pub fn is_in(error: &anyhow::Error) -> bool {
+        error.chain().any(|cause| cause.is::<Permanent>())
+    }
+}
+
+/// The handlers a daemon knows, by kind.
+#[derive(Clone)]
+pub struct Handlers {
+    by_kind: BTreeMap<String, Arc<dyn Handler>>,
+}
+
+impl Default for Handlers {
+    /// The built-in kinds.
+    fn default() -> Self {
+        Handlers::empty().register("sleep", Sleep)
+    }
+}
+
+impl Handlers {
+    /// No kinds at all; every job would fail as unknown.
+    pub fn empty() -> Self {
+        Handlers {
+            by_kind: BTreeMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) the handler for `kind`.
+    pub fn register(mut self, kind: impl Into<String>, handler: impl Handler) -> Self {
+        self.by_kind.insert(kind.into(), Arc::new(handler));
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.by_kind.get(kind).cloned()
+    }
+
+    /// The registered kinds, in order, for messages.
+    pub fn kinds(&self) -> Vec<&str> {
+        self.by_kind.keys().map(String::as_str).collect()
+    }
+}

@@ -1,0 +1,251 @@
+//! The words the rest of the daemon speaks about a job: its status, the row a consumer runs, and
+//! the ways a run can end. They are plain data so that stores, publishers and consumers agree on
+//! them without sharing any SQL.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// The `status` column. The database's CHECK constraint admits exactly these spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    New,
+    Queued,
+    Running,
+    Paused,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::New,
+        Status::Queued,
+        Status::Running,
+        Status::Paused,
+        Status::Done,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "NEW",
+            Status::Queued => "QUEUED",
+            Status::Running => "RUNNING",
+            Status::Paused => "PAUSED",
+            Status::Done => "DONE",
+            Status::Failed => "FAILED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// A terminal status is written once and never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Done | Status::Failed | Status::Cancelled)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for Status {
+    type Error = UnknownStatus;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown job status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+/// A job a replica has claimed: what a consumer needs to run it, and nothing more.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub object_id: Option<i64>,
+    /// Nanoseconds, for kind `sleep`.
+    pub sleep: Option<i64>,
+    /// The `payload` column as written by the user: JSON text, not yet parsed.
+    pub payload: Option<String>,
+    /// The last checkpoint a handler saved, as JSON text.
+    pub progress: Option<String>,
+    /// Attempts used before this run started.
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+/// A whole row, for people reading the table (`jobsd status`, `jobsd demo`) and for tests.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub object_id: Option<i64>,
+    pub sleep: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub created_at: DateTime<Utc>,
+    pub run_at: DateTime<Utc>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    pub worker: Option<String>,
+}
+
+/// A row to insert, with the table's defaults for everything left out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewJob {
+    pub kind: Option<String>,
+    pub object_id: Option<i64>,
+    pub sleep: Option<i64>,
+    pub payload: Option<String>,
+    pub max_attempts: Option<i32>,
+}
+
+impl NewJob {
+    /// A `sleep` job as in the original design: `None` hangs forever.
+    pub fn sleep(object_id: i64, nanos: Option<i64>) -> Self {
+        NewJob {
+            object_id: Some(object_id),
+            sleep: nanos,
+            ..NewJob::default()
+        }
+    }
+}
+
+/// A QUEUED or RUNNING job that has shown no sign of life for `dead_after`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DeadJob {
+    pub id: i64,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub worker: Option<String>,
+}
+
+/// How a dead job is settled (DESIGN §3).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    /// Never started: back to NEW with no attempt used, for any replica to take.
+    Requeue,
+    /// Started and attempts remain: back to NEW, not before `backoff` has passed.
+    Retry { backoff: Duration, reason: String },
+    /// Out of attempts: CANCELLED for good.
+    Cancel { reason: String },
+}
+
+impl DeadJob {
+    /// The one place that decides what becomes of a dead job.
+    pub fn settlement(&self, dead_after: Duration, backoff: Duration) -> Settlement {
+        let silent = humantime::format_duration(dead_after);
+        match self.status {
+            Status::Queued => Settlement::Requeue,
+            _ if self.attempts < self.max_attempts => Settlement::Retry {
+                backoff,
+                reason: format!(
+                    "no sign of life for {silent} (attempt {} of {}); will retry",
+                    self.attempts, self.max_attempts
+                ),
+            },
+            _ => Settlement::Cancel {
+                reason: format!("cancelled: no sign of life for {silent}"),
+            },
+        }
+    }
+}
+
+/// How one run of a job ended, as the consumer records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done,
+    /// The handler failed and no attempt remains, or the failure is permanent.
+    Failed {
+        reason: String,
+    },
+    /// The handler failed and attempts remain: back to NEW, not before `backoff` has passed.
+    Retry {
+        backoff: Duration,
+        reason: String,
+    },
+}
+
+/// Exponential backoff before attempt `attempts + 1`: `base`, then doubling, at most an hour.
+pub fn backoff(base: Duration, attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
+    base.saturating_mul(1 << doublings)
+        .min(Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_through_its_spelling() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>().unwrap(), status);
+        }
+        assert!("running".parse::<Status>().is_err());
+    }
+
+    #[test]
+    fn dead_jobs_settle_by_status_and_attempts() {
+        let dead = |status, attempts, max_attempts| DeadJob {
+            id: 1,
+            status,
+            attempts,
+            max_attempts,
+            worker: Some("w".into()),
+        };
+        let ten = Duration::from_secs(10);
+        let one = Duration::from_secs(1);
+        assert_eq!(
+            dead(Status::Queued, 0, 1).settlement(ten, one),
+            Settlement::Requeue
+        );
+        assert!(matches!(
+            dead(Status::Running, 1, 3).settlement(ten, one),
+            Settlement::Retry { .. }
+        ));
+        assert!(matches!(
+            dead(Status::Running, 1, 1).settlement(ten, one),
+            Settlement::Cancel { .. }
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let base = Duration::from_secs(1);
+        assert_eq!(backoff(base, 1), Duration::from_secs(1));
+        assert_eq!(backoff(base, 3), Duration::from_secs(4));
+        assert_eq!(backoff(base, 40), Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,38 @@
+//! jobsd: a background-job daemon that applications talk to only through their database.
+//!
+//! They INSERT rows into the `jobs` table and read `status` and the timestamp columns back with
+//! SQL; jobsd moves each row from NEW to DONE, FAILED or CANCELLED, on PostgreSQL, MySQL/MariaDB
+//! or an embedded SQLite file, with any number of replicas sharing one database.
+//!
+//! A map of the crate, in the order a job travels:
+//!
+//! - [`config`]: settings, checked before anything starts.
+//! - [`store`]: the one trait for every query, and a module per SQL dialect.
+//! - `publisher`: loops that poll the table. `new_jobs` claims work for free consumer slots;
+//!   `dead_jobs` finds jobs whose replica or handler went silent.
+//! - `consumer`: the rate-limited pool that starts claimed jobs and records how they end.
+//! - `canceller`: settles dead jobs: requeue, retry or cancel.
+//! - [`handlers`]: job kinds by name, and the [`Handler`] trait to add your own.
+//! - [`context`]: what a running handler sees ([`JobContext`]).
+//! - [`daemon`]: wires the loops together and drains them on shutdown.
+//! - [`demo`] and [`table`]: the `jobsd demo` and `jobsd status` commands.
+
+mod canceller;
+pub mod config;
+mod consumer;
+pub mod context;
+pub mod daemon;
+pub mod demo;
+pub mod handlers;
+mod held;
+pub mod job;
+mod publisher;
+pub mod store;
+pub mod table;
+
+pub use config::Config;
+pub use context::JobContext;
+pub use daemon::Daemon;
+pub use handlers::{Handler, Handlers, Permanent};
+pub use job::{JobRow, NewJob, Status};
+pub use store::Store;

@@ -1,0 +1,199 @@
+//! Every query the daemon makes, behind one trait.
+//!
+//! Publishers and consumers speak in domain terms (`claim`, `mark_started`, `finish`,
+//! `find_dead`); each backend module is the only place that knows its SQL dialect. Every state
+//! change is a single conditional UPDATE on the expected status (and holder), so two replicas, or
+//! the canceller racing a finishing job, can never both win, and a terminal state is written once.
+
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
+
+pub use mysql::MySqlStore;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+pub type Result<T> = std::result::Result<T, sqlx::Error>;
+
+/// The database operations of jobsd. Methods that change a job return whether they won: `false`
+/// means the row was not in the expected state (another replica or the canceller got there
+/// first), which callers treat as a normal outcome, not an error.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations under the backend's migration lock, so replicas starting
+    /// together neither fail nor apply a migration twice.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Inserts one job with the table's defaults for whatever `job` leaves out.
+    async fn insert(&self, job: &NewJob) -> Result<i64>;
+
+    /// Claims up to `limit` NEW jobs whose `run_at` has come, oldest first: QUEUED, `queued_at`,
+    /// `worker`. Rows another replica is claiming at the same moment are skipped, not waited for.
+    async fn claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>>;
+
+    /// QUEUED by `worker` → RUNNING, `started_at`, one more attempt.
+    async fn mark_started(&self, id: i64, worker: &str) -> Result<bool>;
+
+    /// Records a sign of life of a RUNNING job; `false` once the job is no longer this worker's
+    /// to run (cancelled as dead, or terminated), so the task should stop.
+    async fn heartbeat(&self, id: i64, worker: &str) -> Result<bool>;
+
+    /// RUNNING by `worker` → DONE, FAILED, or back to NEW for a retry.
+    async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool>;
+
+    /// Returns this worker's QUEUED and RUNNING jobs (or just job `id`) to NEW, keeping their
+    /// progress and giving back the attempt of an interrupted run: a shutdown never costs a job
+    /// an attempt and never cancels it.
+    async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64>;
+
+    /// Refreshes the sign of life of this worker's QUEUED jobs `ids`, which wait in its channel,
+    /// so that a live replica's backlog is never mistaken for the jobs of a dead one.
+    async fn touch_queued(&self, worker: &str, ids: &[i64]) -> Result<u64>;
+
+    /// QUEUED and RUNNING jobs of any worker whose last sign of life (`heartbeat_at`, else
+    /// `started_at`, else `queued_at`) is older than `dead_after`.
+    async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>>;
+
+    /// Settles a dead job, if it is still in the state `find_dead` saw and still silent.
+    async fn settle_dead(
+        &self,
+        job: &DeadJob,
+        dead_after: Duration,
+        how: &Settlement,
+    ) -> Result<bool>;
+
+    /// Of the jobs this worker is running, those that are no longer RUNNING on it.
+    async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>>;
+
+    /// Whole rows for people and tests: the given ids, or else the newest `limit` rows.
+    async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>>;
+
+    /// Wakes `wake` whenever jobs are inserted, until `stop`. Backends that cannot be told
+    /// return at once, and the publisher polls.
+    async fn watch_inserts(&self, _wake: Arc<Notify>, _stop: CancellationToken) {}
+}
+
+/// Why the store could not be opened; both mean "fix the setting and start again".
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("database_url {url:?} is not understood: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot reach the database at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Opens the store that `url`'s scheme names, with at most `pool_size` connections, and checks
+/// that the database answers.
+pub async fn connect(
+    url: &str,
+    pool_size: u32,
+) -> std::result::Result<Arc<dyn Store>, ConnectError> {
+    let shown = redact(url);
+    let bad = |reason: String| ConnectError::BadUrl {
+        url: shown.clone(),
+        reason,
+    };
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme)
+        .unwrap_or_default();
+    let unreachable = |source| ConnectError::Unreachable {
+        url: shown.clone(),
+        source,
+    };
+    let store: Arc<dyn Store> = match scheme {
+        "postgres" | "postgresql" => {
+            let options =
+                sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
+            Arc::new(
+                PostgresStore::connect(options, pool_size)
+                    .await
+                    .map_err(unreachable)?,
+            )
+        }
+        "mysql" | "mariadb" => {
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            let options =
+                sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(|e| bad(e.to_string()))?;
+            Arc::new(
+                MySqlStore::connect(options, pool_size)
+                    .await
+                    .map_err(unreachable)?,
+            )
+        }
+        "sqlite" => {
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .map_err(|e| bad(e.to_string()))?;
+            Arc::new(
+                SqliteStore::connect(options, pool_size)
+                    .await
+                    .map_err(unreachable)?,
+            )
+        }
+        _ => return Err(bad("expected postgres://, mysql:// or sqlite://".into())),
+    };
+    Ok(store)
+}
+
+/// The URL with its password replaced, for log lines and error messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Cannot fail: a URL with a password has a host to hang it on.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
+/// How long every pooled connection may take to open before the database counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/jobs?sslmode=require"),
+            "postgres://app:***@db:5432/jobs?sslmode=require"
+        );
+        assert_eq!(
+            redact("mysql://root@127.0.0.1/jobs"),
+            "mysql://root@127.0.0.1/jobs"
+        );
+        assert_eq!(redact("sqlite://jobsd.db"), "sqlite://jobsd.db");
+        assert!(!redact("postgres://a:b c@").contains("b c"));
+    }
+}
+
+/// The columns of [`ClaimedJob`], in every dialect.
+const CLAIMED: &str = "id, kind, object_id, sleep, payload, progress, attempts, max_attempts";
+
+/// The columns of [`JobRow`], in every dialect.
+const ROW: &str = "id, kind, object_id, sleep, status, created_at, run_at, queued_at, started_at, \
+                   finished_at, cancelled_at, heartbeat_at, attempts, max_attempts, last_error, worker";
+
+/// The columns of [`DeadJob`], in every dialect.
+const DEAD: &str = "id, status, attempts, max_attempts, worker";

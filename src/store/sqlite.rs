@@ -1,0 +1,256 @@
+//! SQLite, the embedded default: one file, one writer at a time. Every change is a single
+//! statement, which SQLite runs under its write lock from the first row it reads, so a claim's
+//! `UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING` needs no SKIP LOCKED. Timestamps are UTC
+//! text (see the migration) written from the process clock with microseconds, as SQLite's own
+//! clock has only milliseconds; a SQLite file has one host, so there is only one clock anyway.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store};
+use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
+
+/// `?3` is the cutoff time: the row is still as silent as when it was found dead.
+const STILL_DEAD: &str = "COALESCE(heartbeat_at, started_at, queued_at) < ?3";
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(options: SqliteConnectOptions, pool_size: u32) -> Result<Self> {
+        let options = options
+            .create_if_missing(true)
+            // WAL lets `jobsd status` and a user's sqlite3 read while the daemon writes.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+/// The column format: sorts as text in time order, and matches what `strftime` writes.
+fn text(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+fn now() -> String {
+    text(Utc::now())
+}
+
+fn after(wait: Duration) -> String {
+    text(Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+}
+
+fn before(wait: Duration) -> String {
+    text(Utc::now() - chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+}
+
+/// SQLite binds no arrays: lists travel as JSON text and come apart with `json_each`.
+fn json_ids(ids: &[i64]) -> String {
+    serde_json::Value::from(ids).to_string()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert(&self, job: &NewJob) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts) \
+             VALUES (COALESCE(?1, 'sleep'), ?2, ?3, ?4, COALESCE(?5, 1)) RETURNING id",
+        )
+        .bind(&job.kind)
+        .bind(job.object_id)
+        .bind(job.sleep)
+        .bind(&job.payload)
+        .bind(job.max_attempts)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    async fn claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>> {
+        let sql = format!(
+            "UPDATE jobs SET status = 'QUEUED', queued_at = ?1, worker = ?2, heartbeat_at = NULL \
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'NEW' AND run_at <= ?1 \
+                          ORDER BY run_at, id LIMIT ?3) \
+             RETURNING {CLAIMED}"
+        );
+        let mut jobs: Vec<ClaimedJob> = sqlx::query_as(&sql)
+            .bind(now())
+            .bind(worker)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        // RETURNING keeps no order; start the oldest first.
+        jobs.sort_by_key(|job| job.id);
+        Ok(jobs)
+    }
+
+    async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'RUNNING', started_at = ?3, heartbeat_at = NULL, \
+             attempts = attempts + 1 WHERE id = ?1 AND status = 'QUEUED' AND worker = ?2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn heartbeat(&self, id: i64, worker: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET heartbeat_at = ?3 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool> {
+        let query = match outcome {
+            Outcome::Done => sqlx::query(
+                "UPDATE jobs SET status = 'DONE', finished_at = ?3, last_error = NULL \
+                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+            )
+            .bind(id)
+            .bind(worker)
+            .bind(now()),
+            Outcome::Failed { reason } => sqlx::query(
+                "UPDATE jobs SET status = 'FAILED', finished_at = ?3, last_error = ?4 \
+                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+            )
+            .bind(id)
+            .bind(worker)
+            .bind(now())
+            .bind(reason),
+            Outcome::Retry { backoff, reason } => sqlx::query(
+                "UPDATE jobs SET status = 'NEW', run_at = ?3, last_error = ?4, worker = NULL, \
+                 queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+            )
+            .bind(id)
+            .bind(worker)
+            .bind(after(*backoff))
+            .bind(reason),
+        };
+        let done = query.execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, started_at = NULL, \
+             heartbeat_at = NULL, attempts = CASE WHEN status = 'RUNNING' THEN attempts - 1 ELSE attempts END \
+             WHERE status IN ('QUEUED', 'RUNNING') AND worker = ?1 AND (?2 IS NULL OR id = ?2)",
+        )
+        .bind(worker)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn touch_queued(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET heartbeat_at = ?2 WHERE id IN (SELECT value FROM json_each(?3)) \
+             AND status = 'QUEUED' AND worker = ?1",
+        )
+        .bind(worker)
+        .bind(now())
+        .bind(json_ids(ids))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
+        let sql = format!(
+            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') \
+             AND COALESCE(heartbeat_at, started_at, queued_at) < ?1 ORDER BY id LIMIT ?2"
+        );
+        sqlx::query_as(&sql)
+            .bind(before(dead_after))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn settle_dead(
+        &self,
+        job: &DeadJob,
+        dead_after: Duration,
+        how: &Settlement,
+    ) -> Result<bool> {
+        let sql = match how {
+            Settlement::Requeue => format!(
+                "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
+                 WHERE id = ?1 AND status = 'QUEUED' AND worker = ?2 AND {STILL_DEAD}"
+            ),
+            Settlement::Retry { .. } => format!(
+                "UPDATE jobs SET status = 'NEW', run_at = ?4, last_error = ?5, worker = NULL, \
+                 queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2 AND {STILL_DEAD}"
+            ),
+            Settlement::Cancel { .. } => format!(
+                "UPDATE jobs SET status = 'CANCELLED', cancelled_at = ?4, finished_at = ?4, last_error = ?5 \
+                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2 AND {STILL_DEAD}"
+            ),
+        };
+        let query = sqlx::query(&sql)
+            .bind(job.id)
+            .bind(&job.worker)
+            .bind(before(dead_after));
+        let query = match how {
+            Settlement::Requeue => query,
+            Settlement::Retry { backoff, reason } => query.bind(after(*backoff)).bind(reason),
+            Settlement::Cancel { reason } => query.bind(now()).bind(reason),
+        };
+        let done = query.execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?1)) \
+             AND (status <> 'RUNNING' OR worker IS NOT ?2)",
+        )
+        .bind(json_ids(running))
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {ROW} FROM jobs \
+             WHERE ?1 = '[]' OR id IN (SELECT value FROM json_each(?1)) \
+             ORDER BY id DESC LIMIT ?2) ORDER BY id"
+        );
+        sqlx::query_as(&sql)
+            .bind(json_ids(ids))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+}
