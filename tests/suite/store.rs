@@ -1,0 +1,384 @@
+//! The store contract, the same on every backend: what the schema accepts and refuses, and how
+//! each state change behaves when replicas race.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobsd::job::{DeadJob, Outcome, Settlement};
+use jobsd::{NewJob, Status};
+
+use crate::common::TestDb;
+
+crate::on_every_backend!(
+    minimal_insert_is_a_complete_job,
+    database_refuses_bad_status_and_control,
+    migrations_run_concurrently_and_again,
+    concurrent_claims_never_share_a_job,
+    claim_takes_only_due_jobs_oldest_first,
+    dead_jobs_settle_three_ways,
+    finish_racing_cancel_has_exactly_one_winner,
+    heartbeat_reports_a_job_taken_away,
+    release_gives_jobs_back_without_using_an_attempt,
+);
+
+const SECOND: i64 = 1_000_000_000;
+
+async fn minimal_insert_is_a_complete_job(db: TestDb) {
+    let inserted = db
+        .exec("INSERT INTO jobs (object_id, sleep) VALUES (10, 1000000000), (10, NULL), (10, 1000000000)")
+        .await
+        .expect("the original design's insert works");
+    assert_eq!(inserted, 3);
+    let rows = db.all_rows().await;
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(row.kind, "sleep");
+        assert_eq!(row.status, Status::New);
+        assert_eq!(row.object_id, Some(10));
+        assert_eq!((row.attempts, row.max_attempts), (0, 1));
+        assert!(row.queued_at.is_none() && row.started_at.is_none() && row.finished_at.is_none());
+        let gap = (row.run_at - row.created_at).num_milliseconds().abs();
+        assert!(
+            gap < 1000,
+            "run_at defaults to the insert time, off by {gap} ms"
+        );
+    }
+    assert_eq!(rows[1].sleep, None);
+}
+
+async fn database_refuses_bad_status_and_control(db: TestDb) {
+    for status in ["BOGUS", "new", ""] {
+        let refused = db
+            .exec(&format!(
+                "INSERT INTO jobs (sleep, status) VALUES (1, '{status}')"
+            ))
+            .await;
+        assert!(refused.is_err(), "status {status:?} was accepted");
+    }
+    db.exec("INSERT INTO jobs (sleep) VALUES (1)")
+        .await
+        .expect("insert");
+    for control in ["bogus", "PAUSE"] {
+        let refused = db
+            .exec(&format!("UPDATE jobs SET control = '{control}'"))
+            .await;
+        assert!(refused.is_err(), "control {control:?} was accepted");
+    }
+    assert!(
+        db.exec("UPDATE jobs SET status = 'FINISHED'")
+            .await
+            .is_err()
+    );
+    assert!(db.exec("UPDATE jobs SET max_attempts = 0").await.is_err());
+    assert_eq!(
+        db.exec("UPDATE jobs SET control = 'pause'")
+            .await
+            .expect("valid control"),
+        1
+    );
+    let rows = db.all_rows().await;
+    assert_eq!(rows.len(), 1, "nothing refused was stored");
+    assert_eq!(rows[0].status, Status::New);
+}
+
+async fn migrations_run_concurrently_and_again(db: TestDb) {
+    // `run` already migrated once; three replicas starting together must all succeed too.
+    let stores = [db.store().await, db.store().await, db.store().await];
+    let results = futures_util::future::join_all(stores.iter().map(|store| store.migrate())).await;
+    for result in results {
+        result.expect("concurrent migration");
+    }
+    db.store()
+        .await
+        .migrate()
+        .await
+        .expect("migrating an up-to-date database");
+    db.exec("INSERT INTO jobs (sleep) VALUES (1)")
+        .await
+        .expect("table usable");
+}
+
+async fn concurrent_claims_never_share_a_job(db: TestDb) {
+    let store = db.store().await;
+    for n in 0..300 {
+        store
+            .insert(&NewJob::sleep(n, Some(0)))
+            .await
+            .expect("insert");
+    }
+    let mut replicas = Vec::new();
+    for replica in 0..4 {
+        let store = db.store().await;
+        replicas.push(tokio::spawn(async move {
+            let worker = format!("replica-{replica}");
+            let mut claimed = Vec::new();
+            loop {
+                let batch = store.claim(&worker, 7).await.expect("claim");
+                if batch.is_empty() {
+                    return (worker, claimed);
+                }
+                claimed.extend(batch.into_iter().map(|job| job.id));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut owner = std::collections::HashMap::new();
+    for replica in replicas {
+        let (worker, ids) = replica.await.expect("replica task");
+        for id in ids {
+            assert!(seen.insert(id), "job {id} claimed twice");
+            owner.insert(id, worker.clone());
+        }
+    }
+    assert_eq!(seen.len(), 300, "every job claimed once");
+    for row in db.all_rows().await {
+        assert_eq!(row.status, Status::Queued);
+        assert!(row.queued_at.is_some());
+        assert_eq!(
+            row.worker.as_ref(),
+            owner.get(&row.id),
+            "job {} held by its claimer",
+            row.id
+        );
+    }
+}
+
+async fn claim_takes_only_due_jobs_oldest_first(db: TestDb) {
+    let store = db.store().await;
+    db.exec(&format!(
+        "INSERT INTO jobs (sleep, run_at) VALUES (1, {})",
+        db.now_plus(3600)
+    ))
+    .await
+    .expect("delayed insert");
+    let mut due = Vec::new();
+    for n in 0..5 {
+        due.push(
+            store
+                .insert(&NewJob::sleep(n, Some(1)))
+                .await
+                .expect("insert"),
+        );
+    }
+    let first = store.claim("w", 3).await.expect("claim");
+    assert_eq!(first.iter().map(|job| job.id).collect::<Vec<_>>(), due[..3]);
+    let rest = store.claim("w", 10).await.expect("claim");
+    assert_eq!(rest.iter().map(|job| job.id).collect::<Vec<_>>(), due[3..]);
+    assert!(
+        store.claim("w", 10).await.expect("claim").is_empty(),
+        "the delayed job waits"
+    );
+    let delayed = &db.all_rows().await[0];
+    assert_eq!(delayed.status, Status::New);
+}
+
+async fn dead_jobs_settle_three_ways(db: TestDb) {
+    let store = db.store().await;
+    let never_started = store.insert(&NewJob::sleep(1, None)).await.expect("insert");
+    let retryable = store
+        .insert(&NewJob {
+            max_attempts: Some(3),
+            ..NewJob::sleep(2, None)
+        })
+        .await
+        .expect("insert");
+    let exhausted = store.insert(&NewJob::sleep(3, None)).await.expect("insert");
+    let alive = store.insert(&NewJob::sleep(4, None)).await.expect("insert");
+    assert_eq!(store.claim("gone", 3).await.expect("claim").len(), 3);
+    assert_eq!(store.claim("here", 1).await.expect("claim").len(), 1);
+    for id in [retryable, exhausted] {
+        assert!(store.mark_started(id, "gone").await.expect("start"));
+    }
+    assert!(store.mark_started(alive, "here").await.expect("start"));
+
+    let dead_after = Duration::from_millis(300);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(store.heartbeat(alive, "here").await.expect("heartbeat"));
+    let dead = store.find_dead(dead_after, 100).await.expect("find dead");
+    let dead_ids: Vec<i64> = dead.iter().map(|job| job.id).collect();
+    assert_eq!(
+        dead_ids,
+        [never_started, retryable, exhausted],
+        "the job with a heartbeat is alive"
+    );
+
+    let backoff = Duration::from_secs(60);
+    for job in &dead {
+        let how = job.settlement(dead_after, backoff);
+        assert!(
+            store
+                .settle_dead(job, dead_after, &how)
+                .await
+                .expect("settle")
+        );
+        assert!(
+            !store
+                .settle_dead(job, dead_after, &how)
+                .await
+                .expect("settle"),
+            "settled once"
+        );
+    }
+    let rows = db.all_rows().await;
+    let row = |id: i64| rows.iter().find(|row| row.id == id).expect("row");
+
+    let requeued = row(never_started);
+    assert_eq!((requeued.status, requeued.attempts), (Status::New, 0));
+    assert!(requeued.worker.is_none() && requeued.queued_at.is_none());
+
+    let retried = row(retryable);
+    assert_eq!((retried.status, retried.attempts), (Status::New, 1));
+    assert!(
+        retried.run_at > retried.created_at + chrono::Duration::seconds(30),
+        "backoff applied"
+    );
+    assert!(
+        retried
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("will retry")
+    );
+
+    let cancelled = row(exhausted);
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert!(cancelled.cancelled_at.is_some());
+    assert_eq!(cancelled.finished_at, cancelled.cancelled_at);
+    assert!(
+        cancelled
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no sign of life")
+    );
+
+    assert_eq!(row(alive).status, Status::Running);
+}
+
+async fn finish_racing_cancel_has_exactly_one_winner(db: TestDb) {
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(store.insert(&NewJob::sleep(n, None)).await.expect("insert"));
+    }
+    assert_eq!(store.claim("w", 20).await.expect("claim").len(), 20);
+    for id in &ids {
+        assert!(store.mark_started(*id, "w").await.expect("start"));
+    }
+    let dead_after = Duration::from_millis(100);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dead = store.find_dead(dead_after, 100).await.expect("find dead");
+    assert_eq!(dead.len(), 20);
+
+    let canceller = db.store().await;
+    let mut races = Vec::new();
+    for job in dead {
+        let (finisher, canceller) = (Arc::clone(&store), Arc::clone(&canceller));
+        races.push(tokio::spawn(async move {
+            let cancel = Settlement::Cancel {
+                reason: "dead".into(),
+            };
+            let finish = finisher.finish(job.id, "w", &Outcome::Done);
+            let settle = canceller.settle_dead(&job, dead_after, &cancel);
+            let (finished, cancelled) = tokio::join!(finish, settle);
+            (
+                job.id,
+                finished.expect("finish"),
+                cancelled.expect("cancel"),
+            )
+        }));
+    }
+    for race in races {
+        let (id, finished, cancelled) = race.await.expect("race task");
+        assert!(
+            finished ^ cancelled,
+            "job {id}: exactly one wins (finish {finished}, cancel {cancelled})"
+        );
+        let row = &db.rows(&store, &[id]).await[0];
+        let expected = if finished {
+            Status::Done
+        } else {
+            Status::Cancelled
+        };
+        assert_eq!(row.status, expected, "job {id}");
+        assert_eq!(row.cancelled_at.is_some(), cancelled, "job {id}");
+        assert!(row.finished_at.is_some());
+    }
+}
+
+async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
+    let store = db.store().await;
+    let id = store
+        .insert(&NewJob::sleep(1, Some(SECOND)))
+        .await
+        .expect("insert");
+    store.claim("w", 1).await.expect("claim");
+    assert!(store.mark_started(id, "w").await.expect("start"));
+    assert!(
+        !store.mark_started(id, "w").await.expect("start"),
+        "started once"
+    );
+    assert!(store.heartbeat(id, "w").await.expect("heartbeat"));
+    assert!(
+        !store.heartbeat(id, "other").await.expect("heartbeat"),
+        "only the holder beats"
+    );
+    assert!(store.lost("w", &[id]).await.expect("lost").is_empty());
+    assert_eq!(store.lost("other", &[id]).await.expect("lost"), [id]);
+
+    let dead_after = Duration::from_millis(100);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = DeadJob {
+        id,
+        status: Status::Running,
+        attempts: 1,
+        max_attempts: 1,
+        worker: Some("w".into()),
+    };
+    let cancel = Settlement::Cancel {
+        reason: "dead".into(),
+    };
+    assert!(
+        store
+            .settle_dead(&job, dead_after, &cancel)
+            .await
+            .expect("cancel")
+    );
+    assert!(
+        !store.heartbeat(id, "w").await.expect("heartbeat"),
+        "a cancelled job cannot beat"
+    );
+    assert_eq!(store.lost("w", &[id]).await.expect("lost"), [id]);
+    assert!(
+        !store.finish(id, "w", &Outcome::Done).await.expect("finish"),
+        "terminal is final"
+    );
+    assert_eq!(db.rows(&store, &[id]).await[0].status, Status::Cancelled);
+}
+
+async fn release_gives_jobs_back_without_using_an_attempt(db: TestDb) {
+    let store = db.store().await;
+    let running = store.insert(&NewJob::sleep(1, None)).await.expect("insert");
+    let queued = store.insert(&NewJob::sleep(2, None)).await.expect("insert");
+    let others = store.insert(&NewJob::sleep(3, None)).await.expect("insert");
+    store.claim("w", 2).await.expect("claim");
+    store.claim("other", 1).await.expect("claim");
+    assert!(store.mark_started(running, "w").await.expect("start"));
+    assert_eq!(store.release("w", None).await.expect("release"), 2);
+    for row in db.rows(&store, &[running, queued]).await {
+        assert_eq!(
+            (row.status, row.attempts),
+            (Status::New, 0),
+            "job {}",
+            row.id
+        );
+        assert!(row.worker.is_none() && row.started_at.is_none() && row.queued_at.is_none());
+        assert!(row.cancelled_at.is_none() && row.finished_at.is_none());
+    }
+    assert_eq!(
+        db.rows(&store, &[others]).await[0].status,
+        Status::Queued,
+        "others' jobs untouched"
+    );
+}
