@@ -250,3 +250,26 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// A daemon running in this process, as one replica.
+pub struct Replica {
+    pub worker: String,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    pub async fn start(db: &TestDb, config: Config, handlers: jobsd::Handlers) -> Replica {
+        let daemon = jobsd::Daemon::new(db.store().await, handlers, config);
+        let worker = daemon.worker().to_owned();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(daemon.run(stop.clone()));
+        Replica { worker, stop, task }
+    }
+
+    /// SIGTERM, in effect: returns once the daemon has drained.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.task.await.expect("daemon task").expect("daemon drains cleanly");
+    }
+}
