@@ -165,9 +165,39 @@ pub fn redact(url: &str) -> String {
 /// How long every pooled connection may take to open before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Opens one connection and closes it again: unlike a pool, which retries until its timeout,
+/// this reports the database's own reason (refused, unknown database, bad password).
+async fn probe<C>(options: &C) -> Result<()>
+where
+    C: sqlx::ConnectOptions,
+    C::Connection: Sized,
+{
+    use sqlx::Connection;
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(connection) => connection?.close().await,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer within {}",
+                humantime::format_duration(CONNECT_TIMEOUT)
+            ),
+        ))),
+    }
+}
+
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
+
+/// The columns of [`ClaimedJob`], in every dialect.
+const CLAIMED: &str = "id, kind, object_id, sleep, payload, progress, attempts, max_attempts";
+
+/// The columns of [`JobRow`], in every dialect.
+const ROW: &str = "id, kind, object_id, sleep, status, created_at, run_at, queued_at, started_at, \
+                   finished_at, cancelled_at, heartbeat_at, attempts, max_attempts, last_error, worker";
+
+/// The columns of [`DeadJob`], in every dialect.
+const DEAD: &str = "id, status, attempts, max_attempts, worker";
 
 #[cfg(test)]
 mod tests {
@@ -187,13 +217,3 @@ mod tests {
         assert!(!redact("postgres://a:b c@").contains("b c"));
     }
 }
-
-/// The columns of [`ClaimedJob`], in every dialect.
-const CLAIMED: &str = "id, kind, object_id, sleep, payload, progress, attempts, max_attempts";
-
-/// The columns of [`JobRow`], in every dialect.
-const ROW: &str = "id, kind, object_id, sleep, status, created_at, run_at, queued_at, started_at, \
-                   finished_at, cancelled_at, heartbeat_at, attempts, max_attempts, last_error, worker";
-
-/// The columns of [`DeadJob`], in every dialect.
-const DEAD: &str = "id, status, attempts, max_attempts, worker";

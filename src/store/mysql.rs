@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{MySql, MySqlPool, QueryBuilder};
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, micros};
+use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, micros, probe};
 use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
 
 /// Binds `dead_after` in microseconds: the row is still as silent as when it was found dead.
@@ -22,6 +22,7 @@ pub struct MySqlStore {
 impl MySqlStore {
     /// sqlx sets every session's time zone to UTC, which TIMESTAMP columns convert through.
     pub async fn connect(options: MySqlConnectOptions, pool_size: u32) -> Result<Self> {
+        probe(&options).await?;
         let pool = MySqlPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(CONNECT_TIMEOUT)

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, micros};
+use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, micros, probe};
 use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
 
 /// The channel the migration's trigger notifies on every INSERT statement.
@@ -28,6 +28,7 @@ pub struct PostgresStore {
 impl PostgresStore {
     pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<Self> {
         let options = options.application_name("jobsd");
+        probe(&options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(CONNECT_TIMEOUT)

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store};
+use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, probe};
 use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
 
 /// `?3` is the cutoff time: the row is still as silent as when it was found dead.
@@ -29,6 +29,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
+        probe(&options).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(CONNECT_TIMEOUT)

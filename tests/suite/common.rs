@@ -270,6 +270,9 @@ impl Replica {
     /// SIGTERM, in effect: returns once the daemon has drained.
     pub async fn shutdown(self) {
         self.stop.cancel();
-        self.task.await.expect("daemon task").expect("daemon drains cleanly");
+        self.task
+            .await
+            .expect("daemon task")
+            .expect("daemon drains cleanly");
     }
 }

@@ -32,7 +32,11 @@ struct Flaky {
 #[async_trait]
 impl Handler for Flaky {
     async fn run(&self, ctx: &JobContext) -> anyhow::Result<()> {
-        anyhow::ensure!(ctx.attempt() >= self.succeeds_on, "flaky failure on attempt {}", ctx.attempt());
+        anyhow::ensure!(
+            ctx.attempt() >= self.succeeds_on,
+            "flaky failure on attempt {}",
+            ctx.attempt()
+        );
         Ok(())
     }
 }
@@ -48,9 +52,11 @@ impl Handler for Panics {
 
 async fn original_rows_end_done_cancelled_done(db: TestDb) {
     let replica = Replica::start(&db, db.config(), Handlers::default()).await;
-    db.exec("INSERT INTO jobs (object_id, sleep) VALUES (10, 1000000000), (10, NULL), (10, 1000000000)")
-        .await
-        .expect("insert");
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep) VALUES (10, 1000000000), (10, NULL), (10, 1000000000)",
+    )
+    .await
+    .expect("insert");
     let rows = db.until_all_finished(Duration::from_secs(20)).await;
     replica.shutdown().await;
 
@@ -60,25 +66,42 @@ async fn original_rows_end_done_cancelled_done(db: TestDb) {
         let queued = row.queued_at.expect("queued_at");
         let started = row.started_at.expect("started_at");
         let finished = row.finished_at.expect("finished_at");
-        assert!(row.created_at <= queued && queued <= started && started <= finished, "{row:?}");
+        assert!(
+            row.created_at <= queued && queued <= started && started <= finished,
+            "{row:?}"
+        );
         assert_eq!(row.attempts, 1);
     }
     let done = &rows[0];
     let ran = done.finished_at.expect("finished") - done.started_at.expect("started");
-    assert!(ran >= chrono::Duration::milliseconds(1000), "slept a full second, took {ran}");
+    assert!(
+        ran >= chrono::Duration::milliseconds(1000),
+        "slept a full second, took {ran}"
+    );
     let stuck = &rows[1];
     assert_eq!(stuck.cancelled_at, stuck.finished_at);
     let silent = stuck.cancelled_at.expect("cancelled") - stuck.started_at.expect("started");
-    assert!(silent >= chrono::Duration::seconds(1), "cancelled after dead_after, not {silent}");
+    assert!(
+        silent >= chrono::Duration::seconds(1),
+        "cancelled after dead_after, not {silent}"
+    );
     assert!(rows[0].cancelled_at.is_none() && rows[2].cancelled_at.is_none());
 }
 
 async fn bad_rows_fail_with_a_reason_and_the_daemon_goes_on(db: TestDb) {
     let replica = Replica::start(&db, db.config(), Handlers::default()).await;
-    db.exec("INSERT INTO jobs (kind, sleep) VALUES ('transcode', 1)").await.expect("insert");
-    db.exec("INSERT INTO jobs (sleep) VALUES (-5)").await.expect("insert");
-    db.exec("INSERT INTO jobs (sleep, payload) VALUES (1, '{not json')").await.expect("insert");
-    db.exec("INSERT INTO jobs (kind) VALUES ('panics')").await.expect("insert");
+    db.exec("INSERT INTO jobs (kind, sleep) VALUES ('transcode', 1)")
+        .await
+        .expect("insert");
+    db.exec("INSERT INTO jobs (sleep) VALUES (-5)")
+        .await
+        .expect("insert");
+    db.exec("INSERT INTO jobs (sleep, payload) VALUES (1, '{not json')")
+        .await
+        .expect("insert");
+    db.exec("INSERT INTO jobs (kind) VALUES ('panics')")
+        .await
+        .expect("insert");
     db.exec("INSERT INTO jobs (sleep, payload) VALUES (1000000, '{\"fine\": true}')")
         .await
         .expect("insert");
@@ -89,20 +112,33 @@ async fn bad_rows_fail_with_a_reason_and_the_daemon_goes_on(db: TestDb) {
         let row = &rows[index];
         assert_eq!(row.status, Status::Failed, "{row:?}");
         let reason = row.last_error.as_deref().unwrap_or_default();
-        assert!(reason.contains(words), "job {}: {reason:?} should mention {words:?}", row.id);
+        assert!(
+            reason.contains(words),
+            "job {}: {reason:?} should mention {words:?}",
+            row.id
+        );
         assert!(row.finished_at.is_some());
     };
     failed(0, "unknown job kind \"transcode\"");
     failed(1, "negative");
     failed(2, "payload is not valid JSON");
     failed(3, "unknown job kind \"panics\"");
-    assert_eq!(rows[4].status, Status::Done, "a good row after bad ones still runs");
+    assert_eq!(
+        rows[4].status,
+        Status::Done,
+        "a good row after bad ones still runs"
+    );
 }
 
 async fn failed_jobs_retry_until_attempts_run_out(db: TestDb) {
     let handlers = Handlers::default()
         .register("flaky", Flaky { succeeds_on: 2 })
-        .register("hopeless", Flaky { succeeds_on: i32::MAX })
+        .register(
+            "hopeless",
+            Flaky {
+                succeeds_on: i32::MAX,
+            },
+        )
         .register("panics", Panics);
     let replica = Replica::start(&db, db.config(), handlers).await;
     let store = db.store().await;
@@ -120,20 +156,44 @@ async fn failed_jobs_retry_until_attempts_run_out(db: TestDb) {
     let row = |id: i64| rows.iter().find(|row| row.id == id).expect("row");
 
     assert_eq!((row(flaky).status, row(flaky).attempts), (Status::Done, 2));
-    assert_eq!((row(hopeless).status, row(hopeless).attempts), (Status::Failed, 3));
-    assert!(row(hopeless).last_error.as_deref().unwrap_or_default().contains("attempt 3"));
+    assert_eq!(
+        (row(hopeless).status, row(hopeless).attempts),
+        (Status::Failed, 3)
+    );
+    assert!(
+        row(hopeless)
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("attempt 3")
+    );
     assert_eq!((row(once).status, row(once).attempts), (Status::Failed, 1));
-    assert_eq!((row(panics).status, row(panics).attempts), (Status::Failed, 2));
-    assert!(row(panics).last_error.as_deref().unwrap_or_default().contains("handler panicked: handler bug"));
+    assert_eq!(
+        (row(panics).status, row(panics).attempts),
+        (Status::Failed, 2)
+    );
+    assert!(
+        row(panics)
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("handler panicked: handler bug")
+    );
 }
 
 async fn a_hung_job_with_attempts_left_runs_again_then_is_cancelled(db: TestDb) {
     let replica = Replica::start(&db, db.config(), Handlers::default()).await;
-    db.exec("INSERT INTO jobs (sleep, max_attempts) VALUES (NULL, 2)").await.expect("insert");
+    db.exec("INSERT INTO jobs (sleep, max_attempts) VALUES (NULL, 2)")
+        .await
+        .expect("insert");
     let rows = db.until_all_finished(Duration::from_secs(20)).await;
     replica.shutdown().await;
     let row = &rows[0];
-    assert_eq!((row.status, row.attempts), (Status::Cancelled, 2), "{row:?}");
+    assert_eq!(
+        (row.status, row.attempts),
+        (Status::Cancelled, 2),
+        "{row:?}"
+    );
     assert!(row.cancelled_at.is_some());
 }
 
@@ -148,21 +208,37 @@ async fn a_job_settled_by_another_replica_stops_here(db: TestDb) {
     let replica = Replica::start(&db, config, Handlers::default()).await;
     let store = db.store().await;
     let hung = store.insert(&NewJob::sleep(1, None)).await.expect("insert");
-    let next = store.insert(&NewJob::sleep(2, Some(MS))).await.expect("insert");
+    let next = store
+        .insert(&NewJob::sleep(2, Some(MS)))
+        .await
+        .expect("insert");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(db.rows(&store, &[hung]).await[0].status, Status::Running);
-    assert_eq!(db.rows(&store, &[next]).await[0].status, Status::New, "the only slot is taken");
+    assert_eq!(
+        db.rows(&store, &[next]).await[0].status,
+        Status::New,
+        "the only slot is taken"
+    );
 
     let dead_after = Duration::from_millis(100);
     let dead = store.find_dead(dead_after, 10).await.expect("find dead");
     assert_eq!(dead.iter().map(|job| job.id).collect::<Vec<_>>(), [hung]);
     let how = dead[0].settlement(dead_after, Duration::from_secs(1));
-    assert!(store.settle_dead(&dead[0], dead_after, &how).await.expect("settle"));
+    assert!(
+        store
+            .settle_dead(&dead[0], dead_after, &how)
+            .await
+            .expect("settle")
+    );
 
     let rows = db.until_all_finished(Duration::from_secs(10)).await;
     replica.shutdown().await;
     assert_eq!(rows[0].status, Status::Cancelled);
-    assert_eq!(rows[1].status, Status::Done, "the slot was freed by stopping the hung task");
+    assert_eq!(
+        rows[1].status,
+        Status::Done,
+        "the slot was freed by stopping the hung task"
+    );
 }
 
 async fn three_replicas_share_the_work_and_run_each_job_once(db: TestDb) {
@@ -176,12 +252,18 @@ async fn three_replicas_share_the_work_and_run_each_job_once(db: TestDb) {
     }
     db.exec(&format!(
         "INSERT INTO jobs (object_id, sleep) VALUES {}",
-        (0..300).map(|n| format!("({n}, {})", 20 * MS)).collect::<Vec<_>>().join(", ")
+        (0..300)
+            .map(|n| format!("({n}, {})", 20 * MS))
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
     .await
     .expect("insert");
     let rows = db.until_all_finished(Duration::from_secs(60)).await;
-    let workers: HashSet<String> = replicas.iter().map(|replica| replica.worker.clone()).collect();
+    let workers: HashSet<String> = replicas
+        .iter()
+        .map(|replica| replica.worker.clone())
+        .collect();
     for replica in replicas {
         replica.shutdown().await;
     }
@@ -204,16 +286,22 @@ async fn starts_never_outpace_the_rate_limit(db: TestDb) {
     let replica = Replica::start(&db, config, Handlers::default()).await;
     db.exec(&format!(
         "INSERT INTO jobs (sleep) VALUES {}",
-        vec!["(0)"; 41].join(", ")
+        ["(0)"; 41].join(", ")
     ))
     .await
     .expect("insert");
     let rows = db.until_all_finished(Duration::from_secs(30)).await;
     replica.shutdown().await;
-    let starts: Vec<_> = rows.iter().map(|row| row.started_at.expect("started")).collect();
+    let starts: Vec<_> = rows
+        .iter()
+        .map(|row| row.started_at.expect("started"))
+        .collect();
     let span = *starts.iter().max().expect("starts") - *starts.iter().min().expect("starts");
     // 41 starts at 20/s, one at a time, take at least 2 s; allow for clock rounding only.
-    assert!(span >= chrono::Duration::milliseconds(1950), "41 starts took only {span}");
+    assert!(
+        span >= chrono::Duration::milliseconds(1950),
+        "41 starts took only {span}"
+    );
 }
 
 async fn a_job_waiting_on_the_limiter_is_not_taken_for_dead(db: TestDb) {
@@ -224,14 +312,20 @@ async fn a_job_waiting_on_the_limiter_is_not_taken_for_dead(db: TestDb) {
         ..db.config()
     };
     let replica = Replica::start(&db, config, Handlers::default()).await;
-    db.exec(&format!("INSERT INTO jobs (sleep) VALUES {}", vec!["(0)"; 10].join(", ")))
-        .await
-        .expect("insert");
+    db.exec(&format!(
+        "INSERT INTO jobs (sleep) VALUES {}",
+        ["(0)"; 10].join(", ")
+    ))
+    .await
+    .expect("insert");
     let rows = db.until_all_finished(Duration::from_secs(30)).await;
     replica.shutdown().await;
     let last = rows.last().expect("rows");
     let waited = last.started_at.expect("started") - last.queued_at.expect("queued");
-    assert!(waited >= chrono::Duration::milliseconds(1500), "queued once and kept: waited {waited}");
+    assert!(
+        waited >= chrono::Duration::milliseconds(1500),
+        "queued once and kept: waited {waited}"
+    );
     for row in &rows {
         assert_eq!((row.status, row.attempts), (Status::Done, 1), "{row:?}");
     }
@@ -240,7 +334,10 @@ async fn a_job_waiting_on_the_limiter_is_not_taken_for_dead(db: TestDb) {
 async fn shutdown_lets_running_jobs_finish_within_the_grace(db: TestDb) {
     let replica = Replica::start(&db, db.config(), Handlers::default()).await;
     let store = db.store().await;
-    let id = store.insert(&NewJob::sleep(1, Some(800 * MS))).await.expect("insert");
+    let id = store
+        .insert(&NewJob::sleep(1, Some(800 * MS)))
+        .await
+        .expect("insert");
     wait_for_status(&db, id, Status::Running).await;
     replica.shutdown().await;
     let row = &db.rows(&store, &[id]).await[0];
@@ -256,7 +353,10 @@ async fn shutdown_releases_what_outlives_the_grace(db: TestDb) {
     let replica = Replica::start(&db, config.clone(), Handlers::default()).await;
     let store = db.store().await;
     let hung = store.insert(&NewJob::sleep(1, None)).await.expect("insert");
-    let long = store.insert(&NewJob::sleep(2, Some(60_000 * MS))).await.expect("insert");
+    let long = store
+        .insert(&NewJob::sleep(2, Some(60_000 * MS)))
+        .await
+        .expect("insert");
     wait_for_status(&db, long, Status::Running).await;
     wait_for_status(&db, hung, Status::Running).await;
     replica.shutdown().await;

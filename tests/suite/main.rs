@@ -1,5 +1,6 @@
 //! The integration suite: real databases, real processes. Every test makes its own database.
 
+mod cli;
 mod common;
-mod store;
 mod daemon;
+mod store;

@@ -1,0 +1,162 @@
+//! The `jobsd` binary as a user runs it: the real defaults, the real signals, the real exit codes.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use jobsd::Status;
+use tokio::process::Command;
+
+use crate::common::TestDb;
+
+crate::on_every_backend!(the_binary_on_real_defaults_reproduces_the_original_table);
+
+/// `jobsd` with no settings from this environment: only what the test passes.
+fn jobsd(folder: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jobsd"));
+    command
+        .current_dir(folder)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("JOBSD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+async fn output(mut command: Command) -> Output {
+    let run = command.stdin(Stdio::null()).output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("jobsd exits within a minute")
+        .expect("jobsd starts")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn the_binary_on_real_defaults_reproduces_the_original_table(db: TestDb) {
+    let folder = tempfile::tempdir().expect("folder");
+    let mut command = jobsd(folder.path());
+    command
+        .arg("run")
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let daemon = command.spawn().expect("jobsd run starts");
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep) VALUES (10, 1000000000), (10, NULL), (10, 1000000000)",
+    )
+    .await
+    .expect("insert");
+    let rows = db.until_all_finished(Duration::from_secs(30)).await;
+
+    let pid = daemon.id().expect("pid").to_string();
+    let signal = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(signal.expect("kill runs").success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), daemon.wait_with_output())
+        .await
+        .expect("jobsd stops within the grace")
+        .expect("jobsd exit status");
+    let logs = text(&exit.stderr);
+    assert!(
+        exit.status.success(),
+        "SIGTERM exits 0: {:?}\n{logs}",
+        exit.status
+    );
+
+    let statuses: Vec<Status> = rows.iter().map(|row| row.status).collect();
+    assert_eq!(
+        statuses,
+        [Status::Done, Status::Cancelled, Status::Done],
+        "{logs}"
+    );
+    let stuck = &rows[1];
+    let silent = stuck.cancelled_at.expect("cancelled_at") - stuck.started_at.expect("started_at");
+    // dead_after is 10 s; the sweep runs every second, jittered by 10 %.
+    assert!(
+        silent >= chrono::Duration::seconds(10) && silent <= chrono::Duration::milliseconds(13_000),
+        "cancelled {silent} after it started"
+    );
+    for row in &rows {
+        let (queued, started, finished) = (
+            row.queued_at.unwrap(),
+            row.started_at.unwrap(),
+            row.finished_at.unwrap(),
+        );
+        assert!(
+            row.created_at <= queued && queued <= started && started <= finished,
+            "{row:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn demo_runs_in_an_empty_folder_on_the_defaults() {
+    let folder = tempfile::tempdir().expect("folder");
+    let mut command = jobsd(folder.path());
+    command.arg("demo");
+    let done = output(command).await;
+    let (stdout, stderr) = (text(&done.stdout), text(&done.stderr));
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        folder.path().join("jobsd.db").exists(),
+        "the embedded default database was created"
+    );
+    assert!(stdout.contains("9 jobs: 6 DONE, 3 CANCELLED"), "{stdout}");
+    assert_eq!(stdout.matches("| DONE ").count(), 6, "{stdout}");
+    assert_eq!(stdout.matches("| CANCELLED ").count(), 3, "{stdout}");
+
+    let mut status = jobsd(folder.path());
+    status.arg("status");
+    let listed = output(status).await;
+    assert!(listed.status.success());
+    assert!(text(&listed.stdout).contains("9 jobs: 6 DONE, 3 CANCELLED"));
+}
+
+/// Runs `jobsd migrate` with `settings` and expects exit 2 and one line naming `words`.
+async fn refused(settings: &[(&str, &str)], words: &str) -> String {
+    let folder = tempfile::tempdir().expect("folder");
+    let mut command = jobsd(folder.path());
+    command.arg("migrate").envs(settings.iter().copied());
+    let done = output(command).await;
+    let stderr = text(&done.stderr);
+    assert_eq!(done.status.code(), Some(2), "{settings:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(words),
+        "{settings:?}: {stderr:?} should mention {words:?}"
+    );
+    assert!(
+        !folder.path().join("jobsd.db").exists(),
+        "nothing was created"
+    );
+    stderr
+}
+
+#[tokio::test]
+async fn bad_settings_exit_2_with_one_line_naming_the_setting() {
+    refused(&[("JOBSD_CONSUMERS", "lots")], "JOBSD_CONSUMERS").await;
+    refused(&[("JOBSD_CONSUMERS", "0")], "JOBSD_CONSUMERS").await;
+    refused(&[("JOBSD_DEAD_AFTER", "soon")], "JOBSD_DEAD_AFTER").await;
+    refused(&[("JOBSD_POLL_INTERVAL", "0s")], "JOBSD_POLL_INTERVAL").await;
+    refused(&[("JOBSD_RATE_PER_SECOND", "-1")], "JOBSD_RATE_PER_SECOND").await;
+    refused(&[("JOBSD_LOG_FORMAT", "xml")], "JOBSD_LOG_FORMAT").await;
+    refused(&[("DATABASE_URL", "oracle://db/jobs")], "database_url").await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_exits_2_without_showing_the_password() {
+    let line = refused(
+        &[("DATABASE_URL", "postgres://app:s3cret@127.0.0.1:1/jobs")],
+        "cannot reach the database",
+    )
+    .await;
+    assert!(!line.contains("s3cret"), "{line}");
+    assert!(line.contains("app:***@127.0.0.1:1"), "{line}");
+}
