@@ -119,6 +119,56 @@ async fn demo_runs_in_an_empty_folder_on_the_defaults() {
     assert!(text(&listed.stdout).contains("9 jobs: 6 DONE, 3 CANCELLED"));
 }
 
+#[tokio::test]
+async fn settings_come_from_jobsd_toml_and_the_environment_overrides_them() {
+    let folder = tempfile::tempdir().expect("folder");
+    std::fs::write(
+        folder.path().join("jobsd.toml"),
+        "database_url = \"sqlite://from-toml.db\"\ndead_after = \"1s\"\nconsumers = 99999\n",
+    )
+    .expect("write jobsd.toml");
+    let mut command = jobsd(folder.path());
+    command.args(["demo", "--jobs", "2"]);
+    let done = output(command).await;
+    assert_eq!(
+        done.status.code(),
+        Some(2),
+        "consumers from the file is checked"
+    );
+    assert!(
+        text(&done.stderr).contains("consumers"),
+        "{}",
+        text(&done.stderr)
+    );
+
+    let mut command = jobsd(folder.path());
+    command
+        .args(["demo", "--jobs", "2"])
+        .env("JOBSD_CONSUMERS", "2");
+    let done = output(command).await;
+    let stdout = text(&done.stdout);
+    assert!(done.status.success(), "{stdout}{}", text(&done.stderr));
+    assert!(
+        folder.path().join("from-toml.db").exists(),
+        "database_url came from the file"
+    );
+    assert!(stdout.contains("2 jobs: 1 DONE, 1 CANCELLED"), "{stdout}");
+    assert!(
+        stdout.contains("no sign of life for 1s"),
+        "dead_after came from the file: {stdout}"
+    );
+
+    let mut command = jobsd(folder.path());
+    command.args(["--config", "missing.toml", "status"]);
+    let done = output(command).await;
+    assert_eq!(done.status.code(), Some(2));
+    assert!(
+        text(&done.stderr).contains("missing.toml"),
+        "{}",
+        text(&done.stderr)
+    );
+}
+
 /// Runs `jobsd migrate` with `settings` and expects exit 2 and one line naming `words`.
 async fn refused(settings: &[(&str, &str)], words: &str) -> String {
     let folder = tempfile::tempdir().expect("folder");

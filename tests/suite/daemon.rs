@@ -382,3 +382,41 @@ async fn wait_for_status(db: &TestDb, id: i64, status: Status) {
     }
     panic!("job {id} never reached {status}");
 }
+
+mod wakeups {
+    mod postgres {
+        use std::time::Duration;
+
+        use jobsd::{Handlers, Status};
+
+        use crate::common::{Backend, Replica, TestDb, run};
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn an_insert_wakes_the_daemon_without_waiting_for_the_poll() {
+            run(Backend::Postgres, "notify_wakes", wakes).await;
+        }
+
+        async fn wakes(db: TestDb) {
+            let config = jobsd::Config {
+                poll_interval: Duration::from_secs(60),
+                ..db.config()
+            };
+            let replica = Replica::start(&db, config, Handlers::default()).await;
+            // The first poll happens at start; give the listener a moment to subscribe.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            db.exec("INSERT INTO jobs (sleep) VALUES (0), (0)")
+                .await
+                .expect("insert");
+            let rows = db.until_all_finished(Duration::from_secs(10)).await;
+            replica.shutdown().await;
+            for row in rows {
+                assert_eq!(row.status, Status::Done);
+                let pickup = row.started_at.expect("started") - row.created_at;
+                assert!(
+                    pickup < chrono::Duration::seconds(5),
+                    "picked up after {pickup}, not by NOTIFY"
+                );
+            }
+        }
+    }
+}
