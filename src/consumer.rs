@@ -111,7 +111,9 @@ impl Pool {
                 self.held.started(id);
                 match self.execute(job, &lost, &interrupt).await {
                     Run::Ended(outcome) => self.record(id, &outcome).await,
-                    Run::Lost => tracing::info!(job = id, "stopped: the job was settled elsewhere"),
+                    Run::Lost => {
+                        tracing::info!(job = id, "task stopped: the job was cancelled or handed on")
+                    }
                     Run::Interrupted => match self.store.release(&self.worker, Some(id)).await {
                         Ok(_) => tracing::info!(job = id, "shutdown: job released to NEW"),
                         Err(error) => {

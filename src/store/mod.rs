@@ -185,6 +185,11 @@ where
     }
 }
 
+/// A list of ids as a JSON array, for dialects that bind no arrays and unpack JSON instead.
+fn json_ids(ids: &[i64]) -> String {
+    serde_json::Value::from(ids).to_string()
+}
+
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }

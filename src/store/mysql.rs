@@ -1,19 +1,31 @@
-//! MySQL 8 and MariaDB 10.6+: like PostgreSQL, but MySQL has no `UPDATE ... RETURNING`, so a
-//! claim selects `FOR UPDATE SKIP LOCKED` and updates the same rows in one transaction, and
-//! parameters are positional `?`, bound in the order they appear in the text.
+//! MySQL 8 and MariaDB 10.6+. Three oddities live here. MySQL has no `UPDATE ... RETURNING`, so a
+//! claim selects `FOR UPDATE SKIP LOCKED` and updates the same rows in one transaction.
+//! Parameters are positional `?`, bound in the order they appear in the text, and lists travel
+//! as JSON arrays unpacked by `JSON_TABLE`. And InnoDB settles lock cycles by rolling back one
+//! side (error 1213), so every write here is retried a few times on a deadlock; sessions use
+//! READ COMMITTED, which drops the gap locks that cause most of them.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{MySql, MySqlPool, QueryBuilder};
+use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
+use sqlx::query::Query;
+use sqlx::{Executor, MySql, MySqlPool};
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, micros, probe};
+use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, json_ids, micros, probe};
 use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
 
 /// Binds `dead_after` in microseconds: the row is still as silent as when it was found dead.
 const STILL_DEAD: &str =
     "COALESCE(heartbeat_at, started_at, queued_at) < NOW(6) - INTERVAL ? MICROSECOND";
+
+/// `id IN` a bound JSON array of ids.
+const IN_IDS: &str =
+    "id IN (SELECT id FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS ids)";
+
+/// How many times a write that lost a deadlock is tried in all.
+const DEADLOCK_TRIES: u32 = 5;
 
 pub struct MySqlStore {
     pool: MySqlPool,
@@ -26,20 +38,77 @@ impl MySqlStore {
         let pool = MySqlPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(CONNECT_TIMEOUT)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection
+                        .execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(MySqlStore { pool })
     }
+
+    /// Runs the statement `build` makes, again if it loses a deadlock; returns rows affected.
+    async fn write<'q, F>(&self, build: F) -> Result<u64>
+    where
+        F: Fn() -> Query<'q, MySql, MySqlArguments> + Send + Sync,
+    {
+        retry_deadlocks(|| async { Ok(build().execute(&self.pool).await?.rows_affected()) }).await
+    }
+
+    async fn try_claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "SELECT {CLAIMED} FROM jobs WHERE status = 'NEW' AND run_at <= NOW(6) \
+             ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
+        );
+        let jobs: Vec<ClaimedJob> = sqlx::query_as(&sql).bind(limit).fetch_all(&mut *tx).await?;
+        if jobs.is_empty() {
+            return Ok(jobs);
+        }
+        let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
+        sqlx::query(&format!(
+            "UPDATE jobs SET status = 'QUEUED', queued_at = NOW(6), heartbeat_at = NULL, worker = ? \
+             WHERE {IN_IDS}"
+        ))
+        .bind(worker)
+        .bind(json_ids(&ids))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(jobs)
+    }
 }
 
-/// `WHERE id IN (?, ?, ...)` for a non-empty list.
-fn push_ids(builder: &mut QueryBuilder<'_, MySql>, ids: &[i64]) {
-    builder.push("id IN (");
-    let mut list = builder.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
+async fn retry_deadlocks<T, F, Fut>(attempt: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(error) if is_deadlock(&error) && tries < DEADLOCK_TRIES => {
+                tracing::debug!(%error, tries, "lost a deadlock; trying again");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(u64::from(tries) * 5)).await;
+            }
+            done => return done,
+        }
     }
-    builder.push(")");
+}
+
+/// 1213: chosen as a deadlock victim; 1205: gave up waiting for a lock. Both rolled back.
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|error| matches!(error.number(), 1213 | 1205)),
+        _ => false,
+    }
 }
 
 #[async_trait]
@@ -66,99 +135,86 @@ impl Store for MySqlStore {
     }
 
     async fn claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>> {
-        let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "SELECT {CLAIMED} FROM jobs WHERE status = 'NEW' AND run_at <= NOW(6) \
-             ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
-        );
-        let jobs: Vec<ClaimedJob> = sqlx::query_as(&sql).bind(limit).fetch_all(&mut *tx).await?;
-        if jobs.is_empty() {
-            return Ok(jobs);
-        }
-        let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
-        let mut update = QueryBuilder::new(
-            "UPDATE jobs SET status = 'QUEUED', queued_at = NOW(6), heartbeat_at = NULL, worker = ",
-        );
-        update.push_bind(worker).push(" WHERE ");
-        push_ids(&mut update, &ids);
-        update.build().execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(jobs)
+        retry_deadlocks(|| self.try_claim(worker, limit)).await
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'RUNNING', started_at = NOW(6), heartbeat_at = NULL, \
-             attempts = attempts + 1 WHERE id = ? AND status = 'QUEUED' AND worker = ?",
-        )
-        .bind(id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let done = self
+            .write(|| {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'RUNNING', started_at = NOW(6), heartbeat_at = NULL, \
+                     attempts = attempts + 1 WHERE id = ? AND status = 'QUEUED' AND worker = ?",
+                )
+                .bind(id)
+                .bind(worker)
+            })
+            .await?;
+        Ok(done == 1)
     }
 
     async fn heartbeat(&self, id: i64, worker: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-        )
-        .bind(id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let done = self
+            .write(|| {
+                sqlx::query(
+                    "UPDATE jobs SET heartbeat_at = NOW(6) WHERE id = ? AND status = 'RUNNING' AND worker = ?",
+                )
+                .bind(id)
+                .bind(worker)
+            })
+            .await?;
+        Ok(done == 1)
     }
 
     async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool> {
-        let query = match outcome {
-            Outcome::Done => sqlx::query(
-                "UPDATE jobs SET status = 'DONE', finished_at = NOW(6), last_error = NULL \
-                 WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-            ),
-            Outcome::Failed { reason } => sqlx::query(
-                "UPDATE jobs SET status = 'FAILED', finished_at = NOW(6), last_error = ? \
-                 WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-            )
-            .bind(reason),
-            Outcome::Retry { backoff, reason } => sqlx::query(
-                "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, last_error = ?, \
-                 worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-            )
-            .bind(micros(*backoff))
-            .bind(reason),
-        };
-        let done = query.bind(id).bind(worker).execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        let done = self
+            .write(|| {
+                let query = match outcome {
+                    Outcome::Done => sqlx::query(
+                        "UPDATE jobs SET status = 'DONE', finished_at = NOW(6), last_error = NULL \
+                         WHERE id = ? AND status = 'RUNNING' AND worker = ?",
+                    ),
+                    Outcome::Failed { reason } => sqlx::query(
+                        "UPDATE jobs SET status = 'FAILED', finished_at = NOW(6), last_error = ? \
+                         WHERE id = ? AND status = 'RUNNING' AND worker = ?",
+                    )
+                    .bind(reason),
+                    Outcome::Retry { backoff, reason } => sqlx::query(
+                        "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
+                         last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                         WHERE id = ? AND status = 'RUNNING' AND worker = ?",
+                    )
+                    .bind(micros(*backoff))
+                    .bind(reason),
+                };
+                query.bind(id).bind(worker)
+            })
+            .await?;
+        Ok(done == 1)
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
         // The CASE reads `status` before this statement's SET changes it: MySQL assigns left to
         // right, so `attempts` comes before `status` here.
-        let done = sqlx::query(
-            "UPDATE jobs SET attempts = CASE WHEN status = 'RUNNING' THEN attempts - 1 ELSE attempts END, \
-             status = 'NEW', worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-             WHERE status IN ('QUEUED', 'RUNNING') AND worker = ? AND (? IS NULL OR id = ?)",
-        )
-        .bind(worker)
-        .bind(id)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.write(|| {
+            sqlx::query(
+                "UPDATE jobs SET attempts = CASE WHEN status = 'RUNNING' THEN attempts - 1 ELSE attempts END, \
+                 status = 'NEW', worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                 WHERE status IN ('QUEUED', 'RUNNING') AND worker = ? AND (? IS NULL OR id = ?)",
+            )
+            .bind(worker)
+            .bind(id)
+            .bind(id)
+        })
+        .await
     }
 
     async fn touch_queued(&self, worker: &str, ids: &[i64]) -> Result<u64> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let mut update = QueryBuilder::new(
-            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status = 'QUEUED' AND worker = ",
+        let sql = format!(
+            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status = 'QUEUED' AND worker = ? AND {IN_IDS}"
         );
-        update.push_bind(worker).push(" AND ");
-        push_ids(&mut update, ids);
-        let done = update.build().execute(&self.pool).await?;
-        Ok(done.rows_affected())
+        let ids = json_ids(ids);
+        self.write(|| sqlx::query(&sql).bind(worker).bind(&ids))
+            .await
     }
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
@@ -179,63 +235,65 @@ impl Store for MySqlStore {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool> {
-        let (sql, query);
-        match how {
-            Settlement::Requeue => {
-                sql = format!(
-                    "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
-                     WHERE id = ? AND status = 'QUEUED' AND worker = ? AND {STILL_DEAD}"
-                );
-                query = sqlx::query(&sql);
-            }
-            Settlement::Retry { backoff, reason } => {
-                sql = format!(
-                    "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
-                     last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                     WHERE id = ? AND status = 'RUNNING' AND worker = ? AND {STILL_DEAD}"
-                );
-                query = sqlx::query(&sql).bind(micros(*backoff)).bind(reason);
-            }
-            Settlement::Cancel { reason } => {
-                sql = format!(
-                    "UPDATE jobs SET status = 'CANCELLED', cancelled_at = NOW(6), finished_at = NOW(6), \
-                     last_error = ? WHERE id = ? AND status = 'RUNNING' AND worker = ? AND {STILL_DEAD}"
-                );
-                query = sqlx::query(&sql).bind(reason);
-            }
-        }
-        let done = query
-            .bind(job.id)
-            .bind(&job.worker)
-            .bind(micros(dead_after))
-            .execute(&self.pool)
+        let sql = match how {
+            Settlement::Requeue => format!(
+                "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
+                 WHERE id = ? AND status = 'QUEUED' AND worker = ? AND {STILL_DEAD}"
+            ),
+            Settlement::Retry { .. } => format!(
+                "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
+                 last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                 WHERE id = ? AND status = 'RUNNING' AND worker = ? AND {STILL_DEAD}"
+            ),
+            Settlement::Cancel { .. } => format!(
+                "UPDATE jobs SET status = 'CANCELLED', cancelled_at = NOW(6), finished_at = NOW(6), \
+                 last_error = ? WHERE id = ? AND status = 'RUNNING' AND worker = ? AND {STILL_DEAD}"
+            ),
+        };
+        let done = self
+            .write(|| {
+                let query = sqlx::query(&sql);
+                let query = match how {
+                    Settlement::Requeue => query,
+                    Settlement::Retry { backoff, reason } => {
+                        query.bind(micros(*backoff)).bind(reason)
+                    }
+                    Settlement::Cancel { reason } => query.bind(reason),
+                };
+                query
+                    .bind(job.id)
+                    .bind(&job.worker)
+                    .bind(micros(dead_after))
+            })
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {
         if running.is_empty() {
             return Ok(Vec::new());
         }
-        let mut select = QueryBuilder::new("SELECT id FROM jobs WHERE ");
-        push_ids(&mut select, running);
-        select
-            .push(" AND (status <> 'RUNNING' OR NOT (worker <=> ")
-            .push_bind(worker)
-            .push("))");
-        select.build_query_scalar().fetch_all(&self.pool).await
+        let sql = format!(
+            "SELECT id FROM jobs WHERE {IN_IDS} AND (status <> 'RUNNING' OR NOT (worker <=> ?))"
+        );
+        sqlx::query_scalar(&sql)
+            .bind(json_ids(running))
+            .bind(worker)
+            .fetch_all(&self.pool)
+            .await
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
-        let mut select = QueryBuilder::new(format!("SELECT * FROM (SELECT {ROW} FROM jobs "));
-        if !ids.is_empty() {
-            select.push("WHERE ");
-            push_ids(&mut select, ids);
-        }
-        select
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(limit)
-            .push(") newest ORDER BY id");
-        select.build_query_as().fetch_all(&self.pool).await
+        let sql = format!(
+            "SELECT * FROM (SELECT {ROW} FROM jobs WHERE ? = '[]' OR {IN_IDS} \
+             ORDER BY id DESC LIMIT ?) newest ORDER BY id"
+        );
+        let ids = json_ids(ids);
+        sqlx::query_as(&sql)
+            .bind(&ids)
+            .bind(&ids)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
     }
 }

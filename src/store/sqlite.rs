@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, probe};
+use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, json_ids, probe};
 use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
 
 /// `?3` is the cutoff time: the row is still as silent as when it was found dead.
@@ -54,11 +54,6 @@ fn after(wait: Duration) -> String {
 
 fn before(wait: Duration) -> String {
     text(Utc::now() - chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
-}
-
-/// SQLite binds no arrays: lists travel as JSON text and come apart with `json_each`.
-fn json_ids(ids: &[i64]) -> String {
-    serde_json::Value::from(ids).to_string()
 }
 
 #[async_trait]
