@@ -1,5 +1,6 @@
 //! The `jobsd` command: parse, load settings, set up logging, and call the library.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,10 +90,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 store.migrate().await?;
             }
             tracing::info!(%database, "database ready");
-            let shutdown = on_signal();
-            Daemon::new(store, Handlers::default(), config)
-                .run(shutdown)
-                .await?;
+            let shutdown = CancellationToken::new();
+            let daemon = Daemon::new(store, Handlers::default(), config);
+            until_done(&shutdown, daemon.run(shutdown.clone())).await?;
         }
         Command::Demo { jobs } => {
             store.migrate().await?;
@@ -101,7 +101,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 humantime::format_duration(config.dead_after)
             );
             let daemon = Daemon::new(store.clone(), Handlers::default(), config);
-            let rows = jobsd::demo::run(store, daemon, jobs, on_signal()).await?;
+            let interrupted = CancellationToken::new();
+            let demo = jobsd::demo::run(store, daemon, jobs, interrupted.clone());
+            let rows = until_done(&interrupted, demo).await?;
             println!("{}", table::render(&rows));
             println!("{}", table::summary(&rows));
         }
@@ -114,33 +116,38 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A token that fires on SIGTERM (Kubernetes sends it to start a graceful shutdown) or SIGINT.
-fn on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let fire = token.clone();
-    tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops jobsd");
-                    std::future::pending::<()>().await;
-                }
+/// Runs `work` to its end. A SIGTERM (Kubernetes sends it to start a graceful shutdown) or
+/// SIGINT meanwhile fires `shutdown`, which `work` watches to drain and return.
+async fn until_done<T>(shutdown: &CancellationToken, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => return done,
+        () = signalled() => shutdown.cancel(),
+    }
+    work.await
+}
+
+async fn signalled() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            () = terminate => tracing::info!("SIGTERM received"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops jobsd");
+                std::future::pending::<()>().await;
+            }
         }
-        fire.cancel();
-    });
-    token
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     // Colour only for a person at a terminal, never in a collected log.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let logs = tracing_subscriber::fmt()

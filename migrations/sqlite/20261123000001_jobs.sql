@@ -27,5 +27,7 @@ CREATE TABLE jobs (
 
 -- Only live rows are indexed, so claims and sweeps stay fast when millions of finished rows pile up.
 CREATE INDEX jobs_claim_idx ON jobs (run_at, id) WHERE status = 'NEW';
-CREATE INDEX jobs_live_idx ON jobs (worker) WHERE status IN ('QUEUED', 'RUNNING');
+-- status leads so that the dead-job sweep's `ORDER BY id LIMIT` still picks this index over a
+-- scan of the whole table in id order.
+CREATE INDEX jobs_live_idx ON jobs (status, worker) WHERE status IN ('QUEUED', 'RUNNING');
 CREATE INDEX jobs_control_idx ON jobs (id) WHERE control IS NOT NULL;
