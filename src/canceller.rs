@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::held::Held;
 use crate::job::{DeadJob, Settlement, backoff};
-use crate::store::Store;
+use crate::replica::Replica;
 
 pub(crate) struct Canceller {
-    pub store: Arc<dyn Store>,
-    pub held: Arc<Held>,
+    pub replica: Arc<Replica>,
     pub dead_after: Duration,
     pub retry_backoff: Duration,
 }
@@ -24,7 +22,12 @@ impl Canceller {
     pub async fn run(self, mut dead: mpsc::Receiver<DeadJob>) {
         while let Some(job) = dead.recv().await {
             let how = job.settlement(self.dead_after, backoff(self.retry_backoff, job.attempts));
-            match self.store.settle_dead(&job, self.dead_after, &how).await {
+            match self
+                .replica
+                .store
+                .settle_dead(&job, self.dead_after, &how)
+                .await
+            {
                 Ok(true) => {
                     let worker = job.worker.as_deref().unwrap_or("?");
                     match &how {
@@ -42,7 +45,7 @@ impl Canceller {
                             tracing::warn!(job = job.id, worker, "{reason}")
                         }
                     }
-                    self.held.take_away(job.id);
+                    self.replica.held.take_away(job.id);
                 }
                 Ok(false) => {
                     tracing::debug!(job = job.id, "dead job settled by someone else first")

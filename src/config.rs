@@ -20,6 +20,10 @@ pub struct Config {
     /// How often the publishers look at the table when nothing wakes them sooner.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often control requests (pause, resume, terminate) are looked for, when nothing
+    /// wakes the control publisher sooner.
+    #[serde(with = "humantime_serde")]
+    pub control_interval: Duration,
     /// How long a QUEUED or RUNNING job may stay silent before it counts as dead.
     #[serde(with = "humantime_serde")]
     pub dead_after: Duration,
@@ -100,6 +104,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("poll_interval", self.poll_interval),
+            ("control_interval", self.control_interval),
             ("dead_after", self.dead_after),
         ];
         for (name, value) in positive {
@@ -146,6 +151,7 @@ impl Config {
 const DEFAULTS: &[(&str, &str)] = &[
     ("database_url", DEFAULT_DATABASE_URL),
     ("poll_interval", "1s"),
+    ("control_interval", "1s"),
     ("dead_after", "10s"),
     ("consumers", "10"),
     ("rate_per_second", "50"),

@@ -5,37 +5,30 @@
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::context::JobContext;
 use crate::handlers::{Handlers, Permanent};
-use crate::held::Held;
+use crate::held::{State, Wires};
 use crate::job::{ClaimedJob, Outcome, backoff};
 use crate::publisher::Claimed;
-use crate::store::Store;
+use crate::replica::Replica;
 
 /// How many times a finished job's outcome is offered to a database that does not answer.
 const RECORD_TRIES: u32 = 8;
 
 pub(crate) struct Pool {
-    pub store: Arc<dyn Store>,
-    pub worker: Arc<str>,
+    pub replica: Arc<Replica>,
     pub handlers: Handlers,
-    pub held: Arc<Held>,
     /// `None` when `rate_per_second` is 0.
     pub limiter: Option<DefaultDirectRateLimiter>,
-    pub heartbeat_interval: Duration,
     pub retry_backoff: Duration,
-    /// Read here, written by the new-jobs publisher: wake it when a slot frees.
-    pub backlog: Arc<AtomicBool>,
-    pub wake: Arc<Notify>,
 }
 
 /// How a job's task ended.
@@ -43,7 +36,7 @@ enum Run {
     Ended(Outcome),
     /// The row was settled elsewhere (cancelled as dead); nothing more to write.
     Lost,
-    /// Shutdown's grace ran out; the job goes back to NEW.
+    /// Shutdown's grace ran out, or shutdown found the job paused; it is released.
     Interrupted,
 }
 
@@ -57,13 +50,12 @@ pub(crate) fn limiter(rate_per_second: u32) -> Option<DefaultDirectRateLimiter> 
 
 impl Pool {
     /// Starts jobs from `channel` until `stop`, then gives back what is still waiting in it.
-    /// Jobs run in `jobs`; `interrupt` tells them that shutdown's grace is over.
+    /// Jobs run in `jobs`.
     pub async fn run(
         self: Arc<Self>,
         mut channel: mpsc::Receiver<Claimed>,
         stop: CancellationToken,
         jobs: TaskTracker,
-        interrupt: CancellationToken,
     ) {
         loop {
             let claimed = tokio::select! {
@@ -85,8 +77,7 @@ impl Pool {
                 }
             }
             let pool = Arc::clone(&self);
-            let interrupt = interrupt.clone();
-            jobs.spawn(async move { pool.run_job(claimed, interrupt).await });
+            jobs.spawn(async move { pool.run_job(claimed).await });
         }
         channel.close();
         while let Some(claimed) = channel.recv().await {
@@ -96,30 +87,32 @@ impl Pool {
 
     /// A claimed job this replica will not start after all goes back to NEW for anyone to take.
     async fn give_back(&self, claimed: Claimed) {
-        let id = claimed.job.id;
-        self.held.remove(id);
-        if let Err(error) = self.store.release(&self.worker, Some(id)).await {
+        let (id, replica) = (claimed.job.id, &self.replica);
+        replica.held.remove(id);
+        if let Err(error) = replica.store.release(&replica.worker, Some(id)).await {
             tracing::warn!(job = id, %error, "could not give back a queued job; the dead-job sweep will");
         }
     }
 
-    async fn run_job(&self, claimed: Claimed, interrupt: CancellationToken) {
-        let Claimed { job, slot, lost } = claimed;
-        let id = job.id;
-        match self.store.mark_started(id, &self.worker).await {
+    async fn run_job(&self, claimed: Claimed) {
+        let Claimed { job, slot, wires } = claimed;
+        let (id, replica) = (job.id, &self.replica);
+        match replica.store.mark_started(id, &replica.worker).await {
             Ok(true) => {
-                self.held.started(id);
-                match self.execute(job, &lost, &interrupt).await {
+                replica.held.set(id, State::Running);
+                match self.execute(job, slot, &wires).await {
                     Run::Ended(outcome) => self.record(id, &outcome).await,
                     Run::Lost => {
                         tracing::info!(job = id, "task stopped: the job was cancelled or handed on")
                     }
-                    Run::Interrupted => match self.store.release(&self.worker, Some(id)).await {
-                        Ok(_) => tracing::info!(job = id, "shutdown: job released to NEW"),
-                        Err(error) => {
-                            tracing::warn!(job = id, %error, "shutdown: could not release job")
+                    Run::Interrupted => {
+                        match replica.store.release(&replica.worker, Some(id)).await {
+                            Ok(_) => tracing::info!(job = id, "shutdown: job released"),
+                            Err(error) => {
+                                tracing::warn!(job = id, %error, "shutdown: could not release job")
+                            }
                         }
-                    },
+                    }
                 }
             }
             Ok(false) => tracing::debug!(job = id, "taken back before it started"),
@@ -127,19 +120,13 @@ impl Pool {
                 tracing::warn!(job = id, %error, "could not start job; the dead-job sweep will requeue it")
             }
         }
-        self.held.remove(id);
-        drop(slot);
-        if self.backlog.load(Ordering::Relaxed) {
-            self.wake.notify_one();
-        }
+        replica.held.remove(id);
+        replica.slot_freed();
     }
 
-    async fn execute(
-        &self,
-        job: ClaimedJob,
-        lost: &CancellationToken,
-        interrupt: &CancellationToken,
-    ) -> Run {
+    /// Runs the job's handler to an outcome; the slot is held by the run (and given back while
+    /// it is paused), and freed when this returns.
+    async fn execute(&self, job: ClaimedJob, slot: OwnedSemaphorePermit, wires: &Wires) -> Run {
         let attempt = job.attempts + 1;
         let max_attempts = job.max_attempts;
         let Some(handler) = self.handlers.get(&job.kind) else {
@@ -152,18 +139,18 @@ impl Pool {
         };
         let ctx = match JobContext::new(
             job,
-            Arc::clone(&self.store),
-            Arc::clone(&self.worker),
-            self.heartbeat_interval,
-            lost.clone(),
+            Arc::clone(&self.replica),
+            slot,
+            wires.lost.clone(),
+            wires.pause.clone(),
         ) {
             Ok(ctx) => ctx,
             Err(Permanent(reason)) => return Run::Ended(Outcome::Failed { reason }),
         };
         let result = tokio::select! {
             biased;
-            () = lost.cancelled() => return Run::Lost,
-            () = interrupt.cancelled() => return Run::Interrupted,
+            () = wires.lost.cancelled() => return Run::Lost,
+            () = wires.interrupt.cancelled() => return Run::Interrupted,
             result = AssertUnwindSafe(handler.run(&ctx)).catch_unwind() => result,
         };
         let error = match result {
@@ -193,8 +180,9 @@ impl Pool {
     /// not be cancelled as dead because of a short outage.
     async fn record(&self, id: i64, outcome: &Outcome) {
         let mut wait = Duration::from_millis(100);
+        let replica = &self.replica;
         for _ in 0..RECORD_TRIES {
-            match self.store.finish(id, &self.worker, outcome).await {
+            match replica.store.finish(id, &replica.worker, outcome).await {
                 Ok(true) => {
                     match outcome {
                         Outcome::Done => tracing::debug!(job = id, "done"),

@@ -1,50 +1,64 @@
-//! What a handler sees of its job, and how it talks back: the row's arguments, and `heartbeat()`
-//! to prove it is alive. A handler that stops calling `heartbeat` is, after `dead_after`, dead.
+//! What a handler sees of its job, and how it talks back. `heartbeat()` proves the job is alive;
+//! `checkpoint(progress)` also saves where it got to, so that a run after a restart, a rescue or
+//! a retry continues from there. Both are where a requested pause takes effect: the task then
+//! waits, using no CPU and no consumer slot, until it is resumed or terminated.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::Permanent;
+use crate::held::State;
 use crate::job::ClaimedJob;
-use crate::store::Store;
+use crate::replica::Replica;
+
+/// How long to wait before trying again to resume a job the database would not resume.
+const RESUME_RETRY: Duration = Duration::from_secs(1);
 
 pub struct JobContext {
     job: ClaimedJob,
     /// Parsed once before the handler runs, so a malformed payload fails the job up front.
     payload: Option<serde_json::Value>,
-    store: Arc<dyn Store>,
-    worker: Arc<str>,
-    heartbeat_interval: Duration,
+    /// The last checkpoint of an earlier run, parsed likewise.
+    progress: Option<serde_json::Value>,
+    replica: Arc<Replica>,
     /// Fired when the job is no longer this replica's to run; the daemon then drops the handler.
     lost: CancellationToken,
+    pause: watch::Receiver<bool>,
+    /// The consumer slot this run holds; empty while paused. A `std::sync::Mutex`: it is only
+    /// swapped, never held across an `.await`.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl JobContext {
-    /// Builds the context, or says in words why the row's payload cannot be used.
+    /// Builds the context, or says in words why the row's payload or progress cannot be used.
     pub(crate) fn new(
         job: ClaimedJob,
-        store: Arc<dyn Store>,
-        worker: Arc<str>,
-        heartbeat_interval: Duration,
+        replica: Arc<Replica>,
+        slot: OwnedSemaphorePermit,
         lost: CancellationToken,
+        pause: watch::Receiver<bool>,
     ) -> Result<Self, Permanent> {
-        let payload = match job.payload.as_deref() {
-            None => None,
-            Some(text) => Some(
-                serde_json::from_str(text)
-                    .map_err(|e| Permanent::new(format!("payload is not valid JSON: {e}")))?,
-            ),
+        let parse = |column: &str, text: Option<&str>| match text {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(text)
+                .map(Some)
+                .map_err(|e| Permanent::new(format!("{column} is not valid JSON: {e}"))),
         };
+        let payload = parse("payload", job.payload.as_deref())?;
+        let progress = parse("progress", job.progress.as_deref())?;
         Ok(JobContext {
             job,
             payload,
-            store,
-            worker,
-            heartbeat_interval,
+            progress,
+            replica,
             lost,
+            pause,
+            slot: Mutex::new(Some(slot)),
         })
     }
 
@@ -80,6 +94,20 @@ impl JobContext {
         })
     }
 
+    /// The progress saved by the last checkpoint of an earlier run, if any.
+    pub fn progress_as<T: DeserializeOwned>(&self) -> Result<Option<T>, Permanent> {
+        self.progress
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| {
+                Permanent::new(format!(
+                    "progress does not fit kind {:?}: {e}",
+                    self.job.kind
+                ))
+            })
+    }
+
     /// This run's attempt, from 1.
     pub fn attempt(&self) -> i32 {
         self.job.attempts + 1
@@ -89,19 +117,94 @@ impl JobContext {
         self.job.max_attempts
     }
 
-    /// How often the handler should call [`heartbeat`](Self::heartbeat): well inside `dead_after`.
+    /// How often the handler should call [`heartbeat`](Self::heartbeat) or
+    /// [`checkpoint`](Self::checkpoint): well inside `dead_after`.
     pub fn heartbeat_interval(&self) -> Duration {
-        self.heartbeat_interval
+        self.replica.heartbeat_interval
     }
 
-    /// Records a sign of life. If the job is no longer this replica's (it was cancelled as dead
-    /// meanwhile), the daemon stops the handler at its next `.await`. A database that does not
-    /// answer is not the handler's problem: the job carries on, and the publishers report it.
+    /// Records a sign of life, and pauses here if a pause was requested.
     pub async fn heartbeat(&self) {
-        match self.store.heartbeat(self.job.id, &self.worker).await {
+        self.beat(None).await;
+    }
+
+    /// Saves `progress` (as JSON in the `progress` column) and records a sign of life, then
+    /// pauses here if a pause was requested. Fails only if `progress` cannot be written as JSON.
+    pub async fn checkpoint<T: Serialize + ?Sized>(&self, progress: &T) -> anyhow::Result<()> {
+        let text = serde_json::to_string(progress)?;
+        self.beat(Some(&text)).await;
+        Ok(())
+    }
+
+    /// If the job is no longer this replica's (cancelled as dead, or terminated), the handler
+    /// stops here for good. A database that does not answer is not the handler's problem: the
+    /// job carries on, and the publishers report the outage.
+    async fn beat(&self, progress: Option<&str>) {
+        let store = &self.replica.store;
+        match store
+            .heartbeat(self.job.id, &self.replica.worker, progress)
+            .await
+        {
             Ok(true) => {}
-            Ok(false) => self.lost.cancel(),
+            Ok(false) => self.stop_here().await,
             Err(error) => tracing::debug!(job = self.job.id, %error, "heartbeat not recorded"),
         }
+        if *self.pause.borrow() {
+            self.pause_here().await;
+        }
+    }
+
+    async fn pause_here(&self) {
+        let (id, replica) = (self.job.id, &self.replica);
+        match replica.store.pause(id, &replica.worker).await {
+            Ok(true) => {}
+            Ok(false) => self.stop_here().await,
+            Err(error) => {
+                tracing::warn!(job = id, %error, "could not pause; trying at the next checkpoint");
+                return;
+            }
+        }
+        replica.held.set(id, State::Paused);
+        drop(self.swap_slot(None));
+        replica.slot_freed();
+        tracing::info!(job = id, "paused");
+        let mut pause = self.pause.clone();
+        loop {
+            // Waits on a channel, not a timer: a paused job costs no CPU.
+            if pause.wait_for(|paused| !paused).await.is_err() {
+                self.stop_here().await;
+            }
+            let Ok(slot) = Arc::clone(&replica.slots).acquire_owned().await else {
+                self.stop_here().await
+            };
+            match replica.store.resume(id, &replica.worker).await {
+                Ok(true) => {
+                    self.swap_slot(Some(slot));
+                    replica.held.set(id, State::Running);
+                    tracing::info!(job = id, "resumed");
+                    return;
+                }
+                Ok(false) => self.stop_here().await,
+                Err(error) => {
+                    tracing::warn!(job = id, %error, "could not resume; trying again");
+                    drop(slot);
+                    tokio::time::sleep(RESUME_RETRY).await;
+                }
+            }
+        }
+    }
+
+    fn swap_slot(&self, slot: Option<OwnedSemaphorePermit>) -> Option<OwnedSemaphorePermit> {
+        let mut held = self
+            .slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::replace(&mut *held, slot)
+    }
+
+    /// The job was taken away: tell the daemon, which drops this handler, and go no further.
+    async fn stop_here(&self) -> ! {
+        self.lost.cancel();
+        std::future::pending().await
     }
 }

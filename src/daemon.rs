@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,8 +16,9 @@ use crate::config::Config;
 use crate::consumer::{self, Pool};
 use crate::handlers::Handlers;
 use crate::held::Held;
-use crate::publisher::{self, DeadJobs, NewJobs};
-use crate::store::Store;
+use crate::publisher::{self, Controls, DeadJobs, NewJobs};
+use crate::replica::Replica;
+use crate::store::{Store, Wakes};
 
 pub struct Daemon {
     store: Arc<dyn Store>,
@@ -60,40 +61,42 @@ impl Daemon {
             dead_after = ?config.dead_after,
             "jobsd started"
         );
-        let held = Arc::new(Held::default());
-        let wake = Arc::new(Notify::new());
-        let backlog = Arc::new(AtomicBool::new(false));
         let consumers = usize::try_from(config.consumers).unwrap_or(usize::MAX);
-        let (claimed_tx, claimed_rx) = mpsc::channel(consumers);
-        let (dead_tx, dead_rx) = mpsc::channel(64);
-
-        let loops = TaskTracker::new();
-        let jobs = TaskTracker::new();
-        let interrupt = CancellationToken::new();
-
-        loops.spawn({
-            let store = Arc::clone(&self.store);
-            let (wake, stop) = (Arc::clone(&wake), shutdown.clone());
-            async move { store.watch_inserts(wake, stop).await }
-        });
-        let new_jobs = NewJobs {
+        let replica = Arc::new(Replica {
             store: Arc::clone(&self.store),
             worker: Arc::clone(&self.worker),
+            held: Held::new(),
             slots: Arc::new(Semaphore::new(consumers)),
-            held: Arc::clone(&held),
+            backlog: AtomicBool::new(false),
+            wakes: Wakes::default(),
+            heartbeat_interval: config.heartbeat_interval(),
+        });
+        let (claimed_tx, claimed_rx) = mpsc::channel(consumers);
+        let (dead_tx, dead_rx) = mpsc::channel(64);
+        let loops = TaskTracker::new();
+        let jobs = TaskTracker::new();
+
+        loops.spawn({
+            let (store, wakes, stop) = (
+                Arc::clone(&self.store),
+                replica.wakes.clone(),
+                shutdown.clone(),
+            );
+            async move { store.watch(wakes, stop).await }
+        });
+        let new_jobs = NewJobs {
+            replica: Arc::clone(&replica),
             channel: claimed_tx,
-            backlog: Arc::clone(&backlog),
         };
+        let wake = Some(Arc::clone(&replica.wakes.new_jobs));
         loops.spawn(publisher::drive(
             new_jobs,
             config.poll_interval,
-            Some(Arc::clone(&wake)),
+            wake,
             shutdown.clone(),
         ));
         let dead_jobs = DeadJobs {
-            store: Arc::clone(&self.store),
-            worker: Arc::clone(&self.worker),
-            held: Arc::clone(&held),
+            replica: Arc::clone(&replica),
             dead_after: config.dead_after,
             canceller: dead_tx,
         };
@@ -104,35 +107,37 @@ impl Daemon {
             shutdown.clone(),
         ));
         let canceller = Canceller {
-            store: Arc::clone(&self.store),
-            held: Arc::clone(&held),
+            replica: Arc::clone(&replica),
             dead_after: config.dead_after,
             retry_backoff: config.retry_backoff,
         };
         loops.spawn(canceller.run(dead_rx));
-        let pool = Arc::new(Pool {
-            store: Arc::clone(&self.store),
-            worker: Arc::clone(&self.worker),
-            handlers: self.handlers.clone(),
-            held: Arc::clone(&held),
-            limiter: consumer::limiter(config.rate_per_second),
-            heartbeat_interval: config.heartbeat_interval(),
-            retry_backoff: config.retry_backoff,
-            backlog,
+        let controls = Controls {
+            replica: Arc::clone(&replica),
+            dead_after: config.dead_after,
+        };
+        let wake = Some(Arc::clone(&replica.wakes.control));
+        loops.spawn(publisher::drive(
+            controls,
+            config.control_interval,
             wake,
-        });
-        let dispatcher = tokio::spawn(pool.run(
-            claimed_rx,
             shutdown.clone(),
-            jobs.clone(),
-            interrupt.clone(),
         ));
+        let pool = Arc::new(Pool {
+            replica: Arc::clone(&replica),
+            handlers: self.handlers.clone(),
+            limiter: consumer::limiter(config.rate_per_second),
+            retry_backoff: config.retry_backoff,
+        });
+        let dispatcher = tokio::spawn(pool.run(claimed_rx, shutdown.clone(), jobs.clone()));
 
         shutdown.cancelled().await;
-        // Phase one: no more claims; what waits in the channel goes back to NEW.
+        // Phase one: no more claims; what waits in the channel goes back to NEW, and paused
+        // jobs are let go at once, staying PAUSED for whoever resumes them.
         if let Err(error) = dispatcher.await {
             tracing::error!(%error, "consumer pool ended abnormally");
         }
+        replica.held.interrupt_paused();
         jobs.close();
         let running = jobs.len();
         if running > 0 {
@@ -147,7 +152,7 @@ impl Daemon {
                 still_running = jobs.len(),
                 "shutdown grace over; releasing unfinished jobs to NEW"
             );
-            interrupt.cancel();
+            replica.held.interrupt_all();
             jobs.wait().await;
         }
         loops.close();
@@ -155,7 +160,7 @@ impl Daemon {
         // Anything still held (a release that failed above) goes back now.
         let stray = self.store.release(&self.worker, None).await?;
         if stray > 0 {
-            tracing::info!(jobs = stray, "released leftover jobs to NEW");
+            tracing::info!(jobs = stray, "released leftover jobs");
         }
         tracing::info!(worker = %self.worker, "jobsd stopped");
         Ok(())

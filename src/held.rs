@@ -1,43 +1,77 @@
-//! The jobs this replica holds: claimed and waiting in its channel, or running. Publishers read
-//! it to vouch for the queued ones and to check on the running ones; the canceller and the
-//! publishers use it to stop a job's task when the job has been settled elsewhere.
+//! The jobs this replica holds: claimed and waiting in its channel, running, or paused in its
+//! memory. Publishers read it to vouch for the waiting ones and to check on the others; the
+//! canceller and the control publisher use it to reach a job's task.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Queued,
+    Running,
+    Paused,
+}
+
+/// The task's end of a held job's wires.
+pub struct Wires {
+    /// Fires when the row no longer belongs to this replica's run (cancelled as dead,
+    /// terminated, or taken over): the task stops without writing anything.
+    pub lost: CancellationToken,
+    /// Fires when the job must be released to NEW: shutdown's grace is over, or it is
+    /// shutting down while the job is paused.
+    pub interrupt: CancellationToken,
+    /// `true` while a pause is requested; a handler's checkpoint waits until it is `false`.
+    pub pause: watch::Receiver<bool>,
+}
+
 pub struct Held {
     /// A `std::sync::Mutex` and not a Tokio one: no `.await` happens while it is held, and every
     /// critical section is a map lookup.
     jobs: Mutex<HashMap<i64, Entry>>,
+    /// The parent of every job's interrupt token: fired when shutdown's grace is over.
+    interrupt_all: CancellationToken,
 }
 
 struct Entry {
-    running: bool,
-    /// Cancelled when the job's row no longer belongs to this replica's run of it: the task
-    /// stops without writing anything, because someone else already settled the row.
+    state: State,
     lost: CancellationToken,
+    interrupt: CancellationToken,
+    pause: watch::Sender<bool>,
 }
 
 impl Held {
-    /// A claimed job enters; the returned token fires if the job is taken away.
-    pub fn queued(&self, id: i64) -> CancellationToken {
-        let lost = CancellationToken::new();
-        self.lock().insert(
-            id,
-            Entry {
-                running: false,
-                lost: lost.clone(),
-            },
-        );
-        lost
+    pub fn new() -> Self {
+        Held {
+            jobs: Mutex::default(),
+            interrupt_all: CancellationToken::new(),
+        }
     }
 
-    pub fn started(&self, id: i64) {
+    /// A claimed job enters.
+    pub fn queued(&self, id: i64) -> Wires {
+        let lost = CancellationToken::new();
+        let interrupt = self.interrupt_all.child_token();
+        let (pause, paused) = watch::channel(false);
+        let entry = Entry {
+            state: State::Queued,
+            lost: lost.clone(),
+            interrupt: interrupt.clone(),
+            pause,
+        };
+        self.lock().insert(id, entry);
+        Wires {
+            lost,
+            interrupt,
+            pause: paused,
+        }
+    }
+
+    pub fn set(&self, id: i64, state: State) {
         if let Some(entry) = self.lock().get_mut(&id) {
-            entry.running = true;
+            entry.state = state;
         }
     }
 
@@ -45,27 +79,52 @@ impl Held {
         self.lock().remove(&id);
     }
 
-    /// Stops the job's task if this replica runs it; `false` if it does not hold the job.
+    /// Stops the job's task if this replica holds the job; `false` if it does not.
     pub fn take_away(&self, id: i64) -> bool {
-        match self.lock().get(&id) {
-            Some(entry) => {
-                entry.lost.cancel();
-                true
+        self.with(id, |entry| entry.lost.cancel())
+    }
+
+    /// Asks the job's task to pause (`true`) or go on (`false`) at its next checkpoint.
+    pub fn signal_pause(&self, id: i64, pause: bool) -> bool {
+        self.with(id, |entry| {
+            entry.pause.send_replace(pause);
+        })
+    }
+
+    /// Releases every job still running: shutdown's grace is over.
+    pub fn interrupt_all(&self) {
+        self.interrupt_all.cancel();
+    }
+
+    /// Releases every paused job at once: a shutdown need not wait for a job nobody runs.
+    pub fn interrupt_paused(&self) {
+        for entry in self.lock().values() {
+            if entry.state == State::Paused {
+                entry.interrupt.cancel();
             }
-            None => false,
         }
     }
 
-    /// Ids of held jobs that are (`true`) or are not yet (`false`) running, in id order.
-    pub fn ids(&self, running: bool) -> Vec<i64> {
+    /// Ids of held jobs in one of `states`, in id order.
+    pub fn ids(&self, states: &[State]) -> Vec<i64> {
         let mut ids: Vec<i64> = self
             .lock()
             .iter()
-            .filter(|(_, entry)| entry.running == running)
+            .filter(|(_, entry)| states.contains(&entry.state))
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    fn with(&self, id: i64, act: impl FnOnce(&Entry)) -> bool {
+        match self.lock().get(&id) {
+            Some(entry) => {
+                act(entry);
+                true
+            }
+            None => false,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Entry>> {

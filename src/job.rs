@@ -78,6 +78,92 @@ impl TryFrom<String> for Status {
 #[error("unknown job status {0:?}")]
 pub struct UnknownStatus(pub String);
 
+/// The `control` column: a request a user writes; the database's CHECK admits only these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Control {
+    Pause,
+    Resume,
+    Terminate,
+}
+
+impl Control {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::Terminate => "terminate",
+        }
+    }
+}
+
+impl fmt::Display for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for Control {
+    type Error = UnknownStatus;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        [Control::Pause, Control::Resume, Control::Terminate]
+            .into_iter()
+            .find(|control| control.as_str() == s)
+            .ok_or(UnknownStatus(s))
+    }
+}
+
+/// A pending `control` request, with what is needed to decide on it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ControlRequest {
+    pub id: i64,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    #[sqlx(try_from = "String")]
+    pub control: Control,
+    pub worker: Option<String>,
+    /// 1 when the holder has not vouched for the row for `dead_after` (it is gone), else 0.
+    pub silent: i64,
+}
+
+/// What becomes of a control request (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAction {
+    /// A job that has not started yet becomes PAUSED.
+    PauseWaiting,
+    /// A PAUSED job that no live replica holds goes back to NEW, to continue from its progress.
+    ResumeDetached,
+    /// Any unfinished job becomes CANCELLED.
+    Terminate,
+    /// The job runs (or waits paused) on this replica: tell its task.
+    Signal(Control),
+    /// The request means nothing in the job's state (or it has finished): clear it.
+    Clear,
+    /// Another live replica holds the job and will act on it.
+    Leave,
+}
+
+impl ControlRequest {
+    /// The one place that decides what a control request does, seen from replica `me`.
+    pub fn action(&self, me: &str) -> ControlAction {
+        let mine = self.worker.as_deref() == Some(me);
+        match (self.control, self.status) {
+            (_, status) if status.is_terminal() => ControlAction::Clear,
+            (Control::Terminate, _) => ControlAction::Terminate,
+            (Control::Pause, Status::New | Status::Queued) => ControlAction::PauseWaiting,
+            (Control::Resume, Status::Paused) if mine => ControlAction::Signal(Control::Resume),
+            (Control::Resume, Status::Paused) if self.worker.is_none() || self.silent != 0 => {
+                ControlAction::ResumeDetached
+            }
+            (Control::Pause, Status::Running) if mine => ControlAction::Signal(Control::Pause),
+            (Control::Pause, Status::Running) | (Control::Resume, Status::Paused) => {
+                ControlAction::Leave
+            }
+            _ => ControlAction::Clear,
+        }
+    }
+}
+
 /// A job a replica has claimed: what a consumer needs to run it, and nothing more.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ClaimedJob {
@@ -114,6 +200,8 @@ pub struct JobRow {
     pub attempts: i32,
     pub max_attempts: i32,
     pub last_error: Option<String>,
+    pub control: Option<String>,
+    pub progress: Option<String>,
     pub worker: Option<String>,
 }
 
@@ -124,6 +212,7 @@ pub struct NewJob {
     pub object_id: Option<i64>,
     pub sleep: Option<i64>,
     pub payload: Option<String>,
+    pub run_at: Option<DateTime<Utc>>,
     pub max_attempts: Option<i32>,
 }
 
@@ -239,6 +328,54 @@ mod tests {
             dead(Status::Running, 1, 1).settlement(ten, one),
             Settlement::Cancel { .. }
         ));
+    }
+
+    #[test]
+    fn control_requests_act_by_status_and_holder() {
+        use ControlAction::*;
+        let request = |control, status, worker: Option<&str>, silent| ControlRequest {
+            id: 1,
+            status,
+            control,
+            worker: worker.map(str::to_owned),
+            silent,
+        };
+        let me = Some("me");
+        let other = Some("other");
+        let cases = [
+            (Control::Pause, Status::New, None, 0, PauseWaiting),
+            (Control::Pause, Status::Queued, other, 0, PauseWaiting),
+            (
+                Control::Pause,
+                Status::Running,
+                me,
+                0,
+                Signal(Control::Pause),
+            ),
+            (Control::Pause, Status::Running, other, 0, Leave),
+            (Control::Pause, Status::Paused, me, 0, Clear),
+            (
+                Control::Resume,
+                Status::Paused,
+                me,
+                0,
+                Signal(Control::Resume),
+            ),
+            (Control::Resume, Status::Paused, None, 0, ResumeDetached),
+            (Control::Resume, Status::Paused, other, 1, ResumeDetached),
+            (Control::Resume, Status::Paused, other, 0, Leave),
+            (Control::Resume, Status::Running, me, 0, Clear),
+            (Control::Resume, Status::New, None, 0, Clear),
+            (Control::Terminate, Status::New, None, 0, Terminate),
+            (Control::Terminate, Status::Running, other, 0, Terminate),
+            (Control::Terminate, Status::Paused, me, 0, Terminate),
+            (Control::Terminate, Status::Done, None, 0, Clear),
+            (Control::Pause, Status::Cancelled, None, 0, Clear),
+        ];
+        for (control, status, worker, silent, expected) in cases {
+            let got = request(control, status, worker, silent).action("me");
+            assert_eq!(got, expected, "{control} on {status} held by {worker:?}");
+        }
     }
 
     #[test]

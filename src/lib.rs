@@ -12,6 +12,7 @@
 //!   `dead_jobs` finds jobs whose replica or handler went silent.
 //! - `consumer`: the rate-limited pool that starts claimed jobs and records how they end.
 //! - `canceller`: settles dead jobs: requeue, retry or cancel.
+//! - `publisher::control`: carries out pause, resume and terminate requests.
 //! - [`handlers`]: job kinds by name, and the [`Handler`] trait to add your own.
 //! - [`context`]: what a running handler sees ([`JobContext`]).
 //! - [`daemon`]: wires the loops together and drains them on shutdown.
@@ -27,6 +28,7 @@ pub mod handlers;
 mod held;
 pub mod job;
 mod publisher;
+mod replica;
 pub mod store;
 pub mod table;
 

@@ -43,3 +43,18 @@ CREATE TRIGGER jobs_notify_insert
     AFTER INSERT ON jobs
     FOR EACH STATEMENT
     EXECUTE FUNCTION jobs_notify_insert();
+
+-- A control request wakes the control publishers at once. Row-level, but PostgreSQL folds the
+-- identical notifications of one transaction into one.
+CREATE FUNCTION jobs_notify_control() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobsd_control', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER jobs_notify_control
+    AFTER INSERT OR UPDATE OF control ON jobs
+    FOR EACH ROW
+    WHEN (NEW.control IS NOT NULL)
+    EXECUTE FUNCTION jobs_notify_control();

@@ -5,6 +5,7 @@
 //! march in step) that a wake-up cuts short, until the stop token fires. A database error is
 //! logged once per pass and the wait grows, so an outage neither floods the log nor the database.
 
+mod control;
 mod dead_jobs;
 mod new_jobs;
 
@@ -16,6 +17,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use control::Controls;
 pub(crate) use dead_jobs::DeadJobs;
 pub(crate) use new_jobs::{Claimed, NewJobs};
 

@@ -17,7 +17,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
+use crate::job::{
+    ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
+    Settlement,
+};
 
 pub use mysql::MySqlStore;
 pub use postgres::PostgresStore;
@@ -44,21 +47,30 @@ pub trait Store: Send + Sync + 'static {
     /// QUEUED by `worker` → RUNNING, `started_at`, one more attempt.
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool>;
 
-    /// Records a sign of life of a RUNNING job; `false` once the job is no longer this worker's
-    /// to run (cancelled as dead, or terminated), so the task should stop.
-    async fn heartbeat(&self, id: i64, worker: &str) -> Result<bool>;
+    /// Records a sign of life of a RUNNING job, and its handler's `progress` (JSON) when given;
+    /// `false` once the job is no longer this worker's to run (cancelled as dead, or
+    /// terminated), so the task should stop.
+    async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool>;
+
+    /// RUNNING by `worker` → PAUSED, clearing the request; its task then waits.
+    async fn pause(&self, id: i64, worker: &str) -> Result<bool>;
+
+    /// PAUSED by `worker` → RUNNING, clearing the request; the dead-clock starts again.
+    async fn resume(&self, id: i64, worker: &str) -> Result<bool>;
 
     /// RUNNING by `worker` → DONE, FAILED, or back to NEW for a retry.
     async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool>;
 
     /// Returns this worker's QUEUED and RUNNING jobs (or just job `id`) to NEW, keeping their
     /// progress and giving back the attempt of an interrupted run: a shutdown never costs a job
-    /// an attempt and never cancels it.
+    /// an attempt and never cancels it. A PAUSED job stays PAUSED, held by no one, so that a
+    /// resume sends it back to NEW.
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64>;
 
-    /// Refreshes the sign of life of this worker's QUEUED jobs `ids`, which wait in its channel,
-    /// so that a live replica's backlog is never mistaken for the jobs of a dead one.
-    async fn touch_queued(&self, worker: &str, ids: &[i64]) -> Result<u64>;
+    /// Refreshes the sign of life of this worker's QUEUED and PAUSED jobs `ids` (waiting in its
+    /// channel, or paused in its memory), so that a live replica's jobs are never mistaken for
+    /// those of a dead one.
+    async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64>;
 
     /// QUEUED and RUNNING jobs of any worker whose last sign of life (`heartbeat_at`, else
     /// `started_at`, else `queued_at`) is older than `dead_after`.
@@ -72,15 +84,34 @@ pub trait Store: Send + Sync + 'static {
         how: &Settlement,
     ) -> Result<bool>;
 
-    /// Of the jobs this worker is running, those that are no longer RUNNING on it.
+    /// Of the jobs this worker is running or holds paused, those that are no longer so.
     async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>>;
+
+    /// Jobs with a pending `control` request, oldest first; `silent` says whether the holder
+    /// has vouched for the row within `dead_after`.
+    async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>>;
+
+    /// Carries out `action` on a request, if the row still has the status and request that
+    /// `find_controls` saw. [`ControlAction::Signal`] and [`ControlAction::Leave`] write nothing.
+    async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool>;
+
+    /// Writes a control request, exactly as `UPDATE jobs SET control = … WHERE id = …` would;
+    /// `false` if there is no such job.
+    async fn request(&self, id: i64, control: Control) -> Result<bool>;
 
     /// Whole rows for people and tests: the given ids, or else the newest `limit` rows.
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>>;
 
-    /// Wakes `wake` whenever jobs are inserted, until `stop`. Backends that cannot be told
-    /// return at once, and the publisher polls.
-    async fn watch_inserts(&self, _wake: Arc<Notify>, _stop: CancellationToken) {}
+    /// Wakes the publishers in `wakes` when jobs are inserted or control requests written,
+    /// until `stop`. Backends that cannot be told return at once, and the publishers poll.
+    async fn watch(&self, _wakes: Wakes, _stop: CancellationToken) {}
+}
+
+/// The publishers a database notification can wake.
+#[derive(Clone, Default)]
+pub struct Wakes {
+    pub new_jobs: Arc<Notify>,
+    pub control: Arc<Notify>,
 }
 
 /// Why the store could not be opened; both mean "fix the setting and start again".
@@ -199,7 +230,11 @@ const CLAIMED: &str = "id, kind, object_id, sleep, payload, progress, attempts, 
 
 /// The columns of [`JobRow`], in every dialect.
 const ROW: &str = "id, kind, object_id, sleep, status, created_at, run_at, queued_at, started_at, \
-                   finished_at, cancelled_at, heartbeat_at, attempts, max_attempts, last_error, worker";
+                   finished_at, cancelled_at, heartbeat_at, attempts, max_attempts, last_error, control, \
+                   progress, worker";
+
+/// Why a terminated job was cancelled, in its `last_error`.
+pub const TERMINATED: &str = "terminated on request";
 
 /// The columns of [`DeadJob`], in every dialect.
 const DEAD: &str = "id, status, attempts, max_attempts, worker";

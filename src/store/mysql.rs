@@ -13,8 +13,13 @@ use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySql
 use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool};
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, json_ids, micros, probe};
-use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
+use super::{
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, json_ids, micros, probe,
+};
+use crate::job::{
+    ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
+    Settlement,
+};
 
 /// Binds `dead_after` in microseconds: the row is still as silent as when it was found dead.
 const STILL_DEAD: &str =
@@ -121,14 +126,15 @@ impl Store for MySqlStore {
 
     async fn insert(&self, job: &NewJob) -> Result<i64> {
         let done = sqlx::query(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts) \
-             VALUES (COALESCE(?, 'sleep'), ?, ?, ?, COALESCE(?, 1))",
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \
+             VALUES (COALESCE(?, 'sleep'), ?, ?, ?, COALESCE(?, 1), COALESCE(?, NOW(6)))",
         )
         .bind(&job.kind)
         .bind(job.object_id)
         .bind(job.sleep)
         .bind(&job.payload)
         .bind(job.max_attempts)
+        .bind(job.run_at)
         .execute(&self.pool)
         .await?;
         Ok(i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX))
@@ -152,11 +158,44 @@ impl Store for MySqlStore {
         Ok(done == 1)
     }
 
-    async fn heartbeat(&self, id: i64, worker: &str) -> Result<bool> {
+    async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool> {
         let done = self
             .write(|| {
                 sqlx::query(
-                    "UPDATE jobs SET heartbeat_at = NOW(6) WHERE id = ? AND status = 'RUNNING' AND worker = ?",
+                    "UPDATE jobs SET heartbeat_at = NOW(6), progress = COALESCE(?, progress) \
+                     WHERE id = ? AND status = 'RUNNING' AND worker = ?",
+                )
+                .bind(progress)
+                .bind(id)
+                .bind(worker)
+            })
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
+        // Clears only the request it carries out: a terminate written meanwhile must stay.
+        let done = self
+            .write(|| {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'PAUSED', heartbeat_at = NOW(6), \
+                     control = CASE WHEN control = 'pause' THEN NULL ELSE control END \
+                     WHERE id = ? AND status = 'RUNNING' AND worker = ?",
+                )
+                .bind(id)
+                .bind(worker)
+            })
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
+        let done = self
+            .write(|| {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'RUNNING', heartbeat_at = NOW(6), \
+                     control = CASE WHEN control = 'resume' THEN NULL ELSE control END \
+                     WHERE id = ? AND status = 'PAUSED' AND worker = ?",
                 )
                 .bind(id)
                 .bind(worker)
@@ -197,9 +236,10 @@ impl Store for MySqlStore {
         // right, so `attempts` comes before `status` here.
         self.write(|| {
             sqlx::query(
-                "UPDATE jobs SET attempts = CASE WHEN status = 'RUNNING' THEN attempts - 1 ELSE attempts END, \
-                 status = 'NEW', worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE status IN ('QUEUED', 'RUNNING') AND worker = ? AND (? IS NULL OR id = ?)",
+                "UPDATE jobs SET attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE attempts - 1 END, \
+                 status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
+                 worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                 WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ? AND (? IS NULL OR id = ?)",
             )
             .bind(worker)
             .bind(id)
@@ -208,9 +248,9 @@ impl Store for MySqlStore {
         .await
     }
 
-    async fn touch_queued(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+    async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         let sql = format!(
-            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status = 'QUEUED' AND worker = ? AND {IN_IDS}"
+            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status IN ('QUEUED', 'PAUSED') AND worker = ? AND {IN_IDS}"
         );
         let ids = json_ids(ids);
         self.write(|| sqlx::query(&sql).bind(worker).bind(&ids))
@@ -274,13 +314,74 @@ impl Store for MySqlStore {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT id FROM jobs WHERE {IN_IDS} AND (status <> 'RUNNING' OR NOT (worker <=> ?))"
+            "SELECT id FROM jobs WHERE {IN_IDS} AND (status NOT IN ('RUNNING', 'PAUSED') OR NOT (worker <=> ?))"
         );
         sqlx::query_scalar(&sql)
             .bind(json_ids(running))
             .bind(worker)
             .fetch_all(&self.pool)
             .await
+    }
+
+    async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>> {
+        sqlx::query_as(
+            "SELECT id, status, control, worker, CAST(\
+             COALESCE(heartbeat_at, created_at) < NOW(6) - INTERVAL ? MICROSECOND AS SIGNED) AS silent \
+             FROM jobs WHERE control IS NOT NULL ORDER BY id LIMIT ?",
+        )
+        .bind(micros(dead_after))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
+        const SEEN: &str = "WHERE id = ? AND status = ? AND control = ?";
+        let sql = match action {
+            ControlAction::PauseWaiting => format!(
+                "UPDATE jobs SET status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, \
+                 heartbeat_at = NULL {SEEN}"
+            ),
+            ControlAction::ResumeDetached => format!(
+                "UPDATE jobs SET status = 'NEW', control = NULL, worker = NULL, started_at = NULL, \
+                 heartbeat_at = NULL {SEEN} AND worker <=> ?"
+            ),
+            ControlAction::Terminate => format!(
+                "UPDATE jobs SET status = 'CANCELLED', control = NULL, cancelled_at = NOW(6), \
+                 finished_at = NOW(6), last_error = ? {SEEN}"
+            ),
+            ControlAction::Clear => format!("UPDATE jobs SET control = NULL {SEEN}"),
+            ControlAction::Signal(_) | ControlAction::Leave => return Ok(false),
+        };
+        let done = self
+            .write(|| {
+                let query = sqlx::query(&sql);
+                let query = match action {
+                    ControlAction::Terminate => query.bind(TERMINATED),
+                    _ => query,
+                };
+                let query = query
+                    .bind(request.id)
+                    .bind(request.status.as_str())
+                    .bind(request.control.as_str());
+                match action {
+                    ControlAction::ResumeDetached => query.bind(&request.worker),
+                    _ => query,
+                }
+            })
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn request(&self, id: i64, control: Control) -> Result<bool> {
+        let done = self
+            .write(|| {
+                sqlx::query("UPDATE jobs SET control = ? WHERE id = ?")
+                    .bind(control.as_str())
+                    .bind(id)
+            })
+            .await?;
+        Ok(done == 1)
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {

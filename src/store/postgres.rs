@@ -1,21 +1,25 @@
 //! PostgreSQL: claims with `FOR UPDATE SKIP LOCKED` inside one `UPDATE ... RETURNING`, reads
-//! time from the database clock (replicas' clocks may disagree), and learns of new jobs from the
-//! NOTIFY that the jobs table's statement-level trigger sends.
+//! time from the database clock (replicas' clocks may disagree), and learns of new jobs and of
+//! control requests from the NOTIFYs that the jobs table's triggers send.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, micros, probe};
-use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
+use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, Wakes, micros, probe};
+use crate::job::{
+    ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
+    Settlement,
+};
 
 /// The channel the migration's trigger notifies on every INSERT statement.
 const NEW_JOBS_CHANNEL: &str = "jobsd_new_jobs";
+
+/// The channel the migration's trigger notifies when a `control` request is written.
+const CONTROL_CHANNEL: &str = "jobsd_control";
 
 /// `$3` is `dead_after` in microseconds: the row is still as silent as when it was found dead.
 const STILL_DEAD: &str =
@@ -50,14 +54,15 @@ impl Store for PostgresStore {
 
     async fn insert(&self, job: &NewJob) -> Result<i64> {
         sqlx::query_scalar(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts) \
-             VALUES (COALESCE($1, 'sleep'), $2, $3, $4, COALESCE($5, 1)) RETURNING id",
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \
+             VALUES (COALESCE($1, 'sleep'), $2, $3, $4, COALESCE($5, 1), COALESCE($6, now())) RETURNING id",
         )
         .bind(&job.kind)
         .bind(job.object_id)
         .bind(job.sleep)
         .bind(&job.payload)
         .bind(job.max_attempts)
+        .bind(job.run_at)
         .fetch_one(&self.pool)
         .await
     }
@@ -91,9 +96,38 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn heartbeat(&self, id: i64, worker: &str) -> Result<bool> {
+    async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE jobs SET heartbeat_at = now() WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
+            "UPDATE jobs SET heartbeat_at = now(), progress = COALESCE($3, progress) \
+             WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(progress)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
+        // Clears only the request it carries out: a terminate written meanwhile must stay.
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'PAUSED', heartbeat_at = now(), \
+             control = CASE WHEN control = 'pause' THEN NULL ELSE control END \
+             WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
+        )
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'RUNNING', heartbeat_at = now(), \
+             control = CASE WHEN control = 'resume' THEN NULL ELSE control END \
+             WHERE id = $1 AND status = 'PAUSED' AND worker = $2",
         )
         .bind(id)
         .bind(worker)
@@ -130,9 +164,10 @@ impl Store for PostgresStore {
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, started_at = NULL, \
-             heartbeat_at = NULL, attempts = CASE WHEN status = 'RUNNING' THEN attempts - 1 ELSE attempts END \
-             WHERE status IN ('QUEUED', 'RUNNING') AND worker = $1 AND ($2::BIGINT IS NULL OR id = $2)",
+            "UPDATE jobs SET status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
+             attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE attempts - 1 END, \
+             worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = $1 AND ($2::BIGINT IS NULL OR id = $2)",
         )
         .bind(worker)
         .bind(id)
@@ -141,14 +176,15 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
-    async fn touch_queued(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+    async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE jobs SET heartbeat_at = now() WHERE id = ANY($2) AND status = 'QUEUED' AND worker = $1",
+            "UPDATE jobs SET heartbeat_at = now() \
+             WHERE id = ANY($2) AND status IN ('QUEUED', 'PAUSED') AND worker = $1",
         )
         .bind(worker)
         .bind(ids)
-            .execute(&self.pool)
-            .await?;
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -204,12 +240,65 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE id = ANY($1) AND (status <> 'RUNNING' OR worker IS DISTINCT FROM $2)",
+            "SELECT id FROM jobs WHERE id = ANY($1) \
+             AND (status NOT IN ('RUNNING', 'PAUSED') OR worker IS DISTINCT FROM $2)",
         )
         .bind(running)
         .bind(worker)
         .fetch_all(&self.pool)
         .await
+    }
+
+    async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>> {
+        sqlx::query_as(
+            "SELECT id, status, control, worker, CAST(CASE WHEN \
+             COALESCE(heartbeat_at, created_at) < now() - $1 * interval '1 microsecond' \
+             THEN 1 ELSE 0 END AS BIGINT) AS silent \
+             FROM jobs WHERE control IS NOT NULL ORDER BY id LIMIT $2",
+        )
+        .bind(micros(dead_after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
+        const SEEN: &str = "WHERE id = $1 AND status = $2 AND control = $3";
+        let sql = match action {
+            ControlAction::PauseWaiting => format!(
+                "UPDATE jobs SET status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, \
+                 heartbeat_at = NULL {SEEN}"
+            ),
+            ControlAction::ResumeDetached => format!(
+                "UPDATE jobs SET status = 'NEW', control = NULL, worker = NULL, started_at = NULL, \
+                 heartbeat_at = NULL {SEEN} AND worker IS NOT DISTINCT FROM $4"
+            ),
+            ControlAction::Terminate => format!(
+                "UPDATE jobs SET status = 'CANCELLED', control = NULL, cancelled_at = now(), \
+                 finished_at = now(), last_error = $4 {SEEN}"
+            ),
+            ControlAction::Clear => format!("UPDATE jobs SET control = NULL {SEEN}"),
+            ControlAction::Signal(_) | ControlAction::Leave => return Ok(false),
+        };
+        let query = sqlx::query(&sql)
+            .bind(request.id)
+            .bind(request.status.as_str())
+            .bind(request.control.as_str());
+        let query = match action {
+            ControlAction::ResumeDetached => query.bind(&request.worker),
+            ControlAction::Terminate => query.bind(TERMINATED),
+            _ => query,
+        };
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn request(&self, id: i64, control: Control) -> Result<bool> {
+        let done = sqlx::query("UPDATE jobs SET control = $2 WHERE id = $1")
+            .bind(id)
+            .bind(control.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
@@ -224,13 +313,13 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn watch_inserts(&self, wake: Arc<Notify>, stop: CancellationToken) {
+    async fn watch(&self, wakes: Wakes, stop: CancellationToken) {
         let mut retry = Duration::from_millis(100);
         while !stop.is_cancelled() {
-            match listen(&self.pool, &wake, &stop).await {
+            match listen(&self.pool, &wakes, &stop).await {
                 Ok(()) => return,
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?retry, "LISTEN for new jobs failed; polling meanwhile");
+                    tracing::warn!(%error, retry_in = ?retry, "LISTEN failed; polling meanwhile");
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(retry) => {}
@@ -242,24 +331,32 @@ impl Store for PostgresStore {
     }
 }
 
-/// Relays notifications to `wake` until `stop`, or until the connection fails for good.
-async fn listen(pool: &PgPool, wake: &Notify, stop: &CancellationToken) -> Result<()> {
+/// Relays notifications to `wakes` until `stop`, or until the connection fails for good.
+async fn listen(pool: &PgPool, wakes: &Wakes, stop: &CancellationToken) -> Result<()> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(NEW_JOBS_CHANNEL).await?;
-    // Anything inserted while nobody listened is found by one claim now.
-    wake.notify_one();
+    listener
+        .listen_all([NEW_JOBS_CHANNEL, CONTROL_CHANNEL])
+        .await?;
+    // Anything written while nobody listened is found by one pass of each publisher now.
+    wake_all(wakes);
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             received = listener.try_recv() => match received? {
-                Some(_) => wake.notify_one(),
+                Some(notification) if notification.channel() == CONTROL_CHANNEL => wakes.control.notify_one(),
+                Some(_) => wakes.new_jobs.notify_one(),
                 None => {
                     // The listener reconnects on the next call; notifications sent in between are
-                    // lost, so claim once as if one had arrived.
+                    // lost, so each publisher makes one pass as if one had arrived.
                     tracing::warn!("LISTEN connection lost; reconnecting");
-                    wake.notify_one();
+                    wake_all(wakes);
                 }
             },
         }
     }
+}
+
+fn wake_all(wakes: &Wakes) {
+    wakes.new_jobs.notify_one();
+    wakes.control.notify_one();
 }

@@ -11,8 +11,11 @@ use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, json_ids, probe};
-use crate::job::{ClaimedJob, DeadJob, JobRow, NewJob, Outcome, Settlement};
+use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, json_ids, probe};
+use crate::job::{
+    ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
+    Settlement,
+};
 
 /// `?3` is the cutoff time: the row is still as silent as when it was found dead.
 const STILL_DEAD: &str = "COALESCE(heartbeat_at, started_at, queued_at) < ?3";
@@ -65,14 +68,16 @@ impl Store for SqliteStore {
 
     async fn insert(&self, job: &NewJob) -> Result<i64> {
         sqlx::query_scalar(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts) \
-             VALUES (COALESCE(?1, 'sleep'), ?2, ?3, ?4, COALESCE(?5, 1)) RETURNING id",
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \
+             VALUES (COALESCE(?1, 'sleep'), ?2, ?3, ?4, COALESCE(?5, 1), COALESCE(?6, ?7)) RETURNING id",
         )
         .bind(&job.kind)
         .bind(job.object_id)
         .bind(job.sleep)
         .bind(&job.payload)
         .bind(job.max_attempts)
+        .bind(job.run_at.map(text))
+        .bind(now())
         .fetch_one(&self.pool)
         .await
     }
@@ -108,9 +113,40 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn heartbeat(&self, id: i64, worker: &str) -> Result<bool> {
+    async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE jobs SET heartbeat_at = ?3 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+            "UPDATE jobs SET heartbeat_at = ?3, progress = COALESCE(?4, progress) \
+             WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(now())
+        .bind(progress)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
+        // Clears only the request it carries out: a terminate written meanwhile must stay.
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'PAUSED', heartbeat_at = ?3, \
+             control = CASE WHEN control = 'pause' THEN NULL ELSE control END \
+             WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'RUNNING', heartbeat_at = ?3, \
+             control = CASE WHEN control = 'resume' THEN NULL ELSE control END \
+             WHERE id = ?1 AND status = 'PAUSED' AND worker = ?2",
         )
         .bind(id)
         .bind(worker)
@@ -153,9 +189,10 @@ impl Store for SqliteStore {
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, started_at = NULL, \
-             heartbeat_at = NULL, attempts = CASE WHEN status = 'RUNNING' THEN attempts - 1 ELSE attempts END \
-             WHERE status IN ('QUEUED', 'RUNNING') AND worker = ?1 AND (?2 IS NULL OR id = ?2)",
+            "UPDATE jobs SET status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
+             attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE attempts - 1 END, \
+             worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ?1 AND (?2 IS NULL OR id = ?2)",
         )
         .bind(worker)
         .bind(id)
@@ -164,10 +201,10 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn touch_queued(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+    async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE jobs SET heartbeat_at = ?2 WHERE id IN (SELECT value FROM json_each(?3)) \
-             AND status = 'QUEUED' AND worker = ?1",
+             AND status IN ('QUEUED', 'PAUSED') AND worker = ?1",
         )
         .bind(worker)
         .bind(now())
@@ -229,12 +266,63 @@ impl Store for SqliteStore {
         }
         sqlx::query_scalar(
             "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?1)) \
-             AND (status <> 'RUNNING' OR worker IS NOT ?2)",
+             AND (status NOT IN ('RUNNING', 'PAUSED') OR worker IS NOT ?2)",
         )
         .bind(json_ids(running))
         .bind(worker)
         .fetch_all(&self.pool)
         .await
+    }
+
+    async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>> {
+        sqlx::query_as(
+            "SELECT id, status, control, worker, \
+             CAST(COALESCE(heartbeat_at, created_at) < ?1 AS INTEGER) AS silent \
+             FROM jobs WHERE control IS NOT NULL ORDER BY id LIMIT ?2",
+        )
+        .bind(before(dead_after))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
+        const SEEN: &str = "WHERE id = ?1 AND status = ?2 AND control = ?3";
+        let sql = match action {
+            ControlAction::PauseWaiting => format!(
+                "UPDATE jobs SET status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, \
+                 heartbeat_at = NULL {SEEN}"
+            ),
+            ControlAction::ResumeDetached => format!(
+                "UPDATE jobs SET status = 'NEW', control = NULL, worker = NULL, started_at = NULL, \
+                 heartbeat_at = NULL {SEEN} AND worker IS ?4"
+            ),
+            ControlAction::Terminate => format!(
+                "UPDATE jobs SET status = 'CANCELLED', control = NULL, cancelled_at = ?4, \
+                 finished_at = ?4, last_error = ?5 {SEEN}"
+            ),
+            ControlAction::Clear => format!("UPDATE jobs SET control = NULL {SEEN}"),
+            ControlAction::Signal(_) | ControlAction::Leave => return Ok(false),
+        };
+        let query = sqlx::query(&sql)
+            .bind(request.id)
+            .bind(request.status.as_str())
+            .bind(request.control.as_str());
+        let query = match action {
+            ControlAction::ResumeDetached => query.bind(&request.worker),
+            ControlAction::Terminate => query.bind(now()).bind(TERMINATED),
+            _ => query,
+        };
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn request(&self, id: i64, control: Control) -> Result<bool> {
+        let done = sqlx::query("UPDATE jobs SET control = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(control.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {

@@ -131,6 +131,7 @@ impl TestDb {
         Config {
             database_url: self.url.clone(),
             poll_interval: Duration::from_millis(100),
+            control_interval: Duration::from_millis(100),
             dead_after: Duration::from_secs(1),
             consumers: 10,
             rate_per_second: 0,

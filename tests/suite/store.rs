@@ -194,7 +194,12 @@ async fn dead_jobs_settle_three_ways(db: TestDb) {
 
     let dead_after = Duration::from_millis(300);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(store.heartbeat(alive, "here").await.expect("heartbeat"));
+    assert!(
+        store
+            .heartbeat(alive, "here", None)
+            .await
+            .expect("heartbeat")
+    );
     let dead = store.find_dead(dead_after, 100).await.expect("find dead");
     let dead_ids: Vec<i64> = dead.iter().map(|job| job.id).collect();
     assert_eq!(
@@ -319,9 +324,9 @@ async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
         !store.mark_started(id, "w").await.expect("start"),
         "started once"
     );
-    assert!(store.heartbeat(id, "w").await.expect("heartbeat"));
+    assert!(store.heartbeat(id, "w", None).await.expect("heartbeat"));
     assert!(
-        !store.heartbeat(id, "other").await.expect("heartbeat"),
+        !store.heartbeat(id, "other", None).await.expect("heartbeat"),
         "only the holder beats"
     );
     assert!(store.lost("w", &[id]).await.expect("lost").is_empty());
@@ -346,7 +351,7 @@ async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
             .expect("cancel")
     );
     assert!(
-        !store.heartbeat(id, "w").await.expect("heartbeat"),
+        !store.heartbeat(id, "w", None).await.expect("heartbeat"),
         "a cancelled job cannot beat"
     );
     assert_eq!(store.lost("w", &[id]).await.expect("lost"), [id]);
