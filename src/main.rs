@@ -5,10 +5,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use jobsd::config::LogFormat;
-use jobsd::store::{self, ConnectError};
-use jobsd::{Config, Daemon, Handlers, table};
+use jobsd::job::Control;
+use jobsd::store::{self, ConnectError, Store};
+use jobsd::{Config, Daemon, Handlers, NewJob, table};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -48,6 +50,43 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Insert a job and print its id (applies pending migrations first)
+    Enqueue {
+        /// The job's kind, e.g. sleep
+        kind: String,
+        /// JSON arguments for the kind
+        #[arg(long)]
+        payload: Option<String>,
+        /// Nanoseconds, for kind sleep
+        #[arg(long)]
+        sleep: Option<i64>,
+        /// Your own reference
+        #[arg(long)]
+        object_id: Option<i64>,
+        /// Not before this time: RFC 3339 (2030-01-31T12:00:00Z) or a delay from now (10m)
+        #[arg(long, value_parser = parse_run_at)]
+        run_at: Option<DateTime<Utc>>,
+        /// Runs allowed before the job fails for good
+        #[arg(long)]
+        max_attempts: Option<i32>,
+    },
+    /// Ask for a job to pause at its next checkpoint (as `UPDATE jobs SET control = 'pause'`)
+    Pause { id: i64 },
+    /// Ask for a paused job to go on
+    Resume { id: i64 },
+    /// Ask for a job to be cancelled, running or not
+    Terminate { id: i64 },
+}
+
+fn parse_run_at(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let delay = humantime::parse_duration(text).map_err(|_| {
+        format!("expected a time like 2030-01-31T12:00:00Z or a delay like 10m, got {text:?}")
+    })?;
+    let delay = chrono::Duration::from_std(delay).map_err(|e| e.to_string())?;
+    Ok(Utc::now() + delay)
 }
 
 /// Exit code for bad settings and an unreachable database: fix the input and try again.
@@ -112,7 +151,38 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", table::render(&rows));
             println!("{}", table::summary(&rows));
         }
+        Command::Enqueue {
+            kind,
+            payload,
+            sleep,
+            object_id,
+            run_at,
+            max_attempts,
+        } => {
+            store.migrate().await?;
+            let job = NewJob {
+                kind: Some(kind),
+                object_id,
+                sleep,
+                payload,
+                run_at,
+                max_attempts,
+            };
+            println!("{}", store.insert(&job).await?);
+        }
+        Command::Pause { id } => request(&*store, id, Control::Pause).await?,
+        Command::Resume { id } => request(&*store, id, Control::Resume).await?,
+        Command::Terminate { id } => request(&*store, id, Control::Terminate).await?,
     }
+    Ok(())
+}
+
+/// Writes a control request; the daemon carries it out within `control_interval`.
+async fn request(store: &dyn Store, id: i64, control: Control) -> anyhow::Result<()> {
+    if !store.request(id, control).await? {
+        anyhow::bail!("there is no job {id}");
+    }
+    println!("job {id}: {control} requested");
     Ok(())
 }
 

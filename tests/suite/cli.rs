@@ -169,6 +169,145 @@ async fn settings_come_from_jobsd_toml_and_the_environment_overrides_them() {
     );
 }
 
+#[tokio::test]
+async fn control_commands_write_exactly_what_the_sql_would() {
+    let folder = tempfile::tempdir().expect("folder");
+    let mut enqueue = jobsd(folder.path());
+    enqueue.args([
+        "enqueue",
+        "sleep",
+        "--sleep",
+        "5000000000",
+        "--run-at",
+        "1h",
+        "--max-attempts",
+        "3",
+    ]);
+    let done = output(enqueue).await;
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let id: i64 = text(&done.stdout)
+        .trim()
+        .parse()
+        .expect("enqueue prints the id");
+    let row = |column: &str| {
+        let sql = format!("SELECT {column} FROM jobs WHERE id = {id}");
+        let out = std::process::Command::new("sqlite3")
+            .arg(folder.path().join("jobsd.db"))
+            .arg(sql)
+            .output()
+            .expect("sqlite3 runs");
+        text(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        row("status || ' ' || max_attempts || ' ' || sleep"),
+        "NEW 3 5000000000"
+    );
+    assert!(
+        row("run_at > strftime('%Y-%m-%d %H:%M:%f', 'now', '+50 minutes')") == "1",
+        "delayed an hour"
+    );
+    for request in ["pause", "resume", "terminate"] {
+        let mut command = jobsd(folder.path());
+        command.args([request, &id.to_string()]);
+        let done = output(command).await;
+        assert!(done.status.success(), "{}", text(&done.stderr));
+        assert_eq!(row("control"), request);
+    }
+    let mut missing = jobsd(folder.path());
+    missing.args(["pause", "424242"]);
+    let done = output(missing).await;
+    assert_eq!(done.status.code(), Some(1));
+    assert!(text(&done.stderr).contains("there is no job 424242"));
+}
+
+/// CPU seconds (user + system) the process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+#[tokio::test]
+async fn a_hundred_paused_jobs_cost_next_to_no_cpu() {
+    let folder = tempfile::tempdir().expect("folder");
+    let url = format!("sqlite://{}", folder.path().join("jobsd.db").display());
+    let mut command = jobsd(folder.path());
+    command
+        .arg("run")
+        .env("DATABASE_URL", &url)
+        .env("JOBSD_CONSUMERS", "100")
+        .env("JOBSD_RATE_PER_SECOND", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let daemon = command.spawn().expect("jobsd run starts");
+    let pid = daemon.id().expect("pid");
+    let sql = |statement: String| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(folder.path().join("jobsd.db"))
+            .arg(statement)
+            .output()
+            .expect("sqlite3 runs");
+        text(&out.stdout).trim().to_owned()
+    };
+    let count = |status: &str| {
+        sql(format!(
+            "SELECT count(*) FROM jobs WHERE status = '{status}'"
+        ))
+    };
+    let until = |status: &'static str| async move {
+        for _ in 0..200 {
+            if count(status) == "100" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not all jobs {status}");
+    };
+    for _ in 0..100 {
+        if folder.path().join("jobsd.db").exists()
+            && !sql("SELECT count(*) FROM jobs".into()).is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sql(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100) \
+         INSERT INTO jobs (sleep) SELECT 600000000000 FROM n"
+            .into(),
+    );
+    until("RUNNING").await;
+    sql("UPDATE jobs SET control = 'pause'".into());
+    until("PAUSED").await;
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let used = cpu_seconds(pid) - before;
+    println!("100 paused jobs: {used:.2} CPU seconds in 5 s");
+    assert!(
+        used < 0.5,
+        "paused jobs should not use CPU: {used:.2} s in 5 s"
+    );
+    sql("UPDATE jobs SET control = 'terminate'".into());
+    until("CANCELLED").await;
+    let signal = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(signal.expect("kill runs").success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), daemon.wait_with_output())
+        .await
+        .expect("jobsd stops")
+        .expect("exit status");
+    assert!(exit.status.success());
+}
+
 /// Runs `jobsd migrate` with `settings` and expects exit 2 and one line naming `words`.
 async fn refused(settings: &[(&str, &str)], words: &str) -> String {
     let folder = tempfile::tempdir().expect("folder");

@@ -418,5 +418,35 @@ mod wakeups {
                 );
             }
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_control_request_wakes_the_daemon_without_waiting_for_the_poll() {
+            run(Backend::Postgres, "notify_control", controls).await;
+        }
+
+        async fn controls(db: TestDb) {
+            let config = jobsd::Config {
+                control_interval: Duration::from_secs(60),
+                ..db.config()
+            };
+            let replica = Replica::start(&db, config, Handlers::default()).await;
+            db.exec("INSERT INTO jobs (sleep) VALUES (60000000000)")
+                .await
+                .expect("insert");
+            let id = db.all_rows().await[0].id;
+            super::super::wait_for_status(&db, id, Status::Running).await;
+            let asked = tokio::time::Instant::now();
+            db.exec(&format!(
+                "UPDATE jobs SET control = 'terminate' WHERE id = {id}"
+            ))
+            .await
+            .expect("terminate");
+            super::super::wait_for_status(&db, id, Status::Cancelled).await;
+            assert!(
+                asked.elapsed() < Duration::from_secs(5),
+                "applied by NOTIFY, not the 60 s poll"
+            );
+            replica.shutdown().await;
+        }
     }
 }
