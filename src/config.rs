@@ -2,7 +2,7 @@
 //! variables, then `DATABASE_URL`. Everything is checked here, before any task starts, so that
 //! a bad value stops the process with one line that names the setting.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -41,6 +41,17 @@ pub struct Config {
     pub worker_id: String,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// The only tables `csv_import` and `csv_export` jobs may name.
+    pub csv_tables: Vec<String>,
+    /// The folder `csv_import` and `csv_export` paths are relative to; they cannot leave it.
+    pub csv_dir: PathBuf,
+}
+
+/// What the file job kinds may touch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CsvSettings {
+    pub tables: Vec<String>,
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -85,7 +96,15 @@ impl Config {
                 builder.add_source(File::new(DEFAULT_CONFIG_FILE, FileFormat::Toml).required(false))
             }
         };
-        builder = builder.add_source(Environment::with_prefix("JOBSD").try_parsing(false));
+        builder = builder
+            .set_default("csv_tables", Vec::<String>::new())
+            .map_err(wrap)?
+            .add_source(
+                Environment::with_prefix("JOBSD")
+                    .try_parsing(false)
+                    .list_separator(",")
+                    .with_list_parse_key("csv_tables"),
+            );
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database_url", url).map_err(wrap)?;
         }
@@ -128,6 +147,15 @@ impl Config {
                 self.consumers
             )));
         }
+        for table in &self.csv_tables {
+            let reserved = ["jobs", "_sqlx_migrations"].contains(&table.as_str());
+            if reserved || !crate::store::is_identifier(table) {
+                return Err(ConfigError(format!(
+                    "csv_tables ({}): {table:?} cannot be used; name plain tables other than jobs",
+                    env_name("csv_tables")
+                )));
+            }
+        }
         if self.worker_id.trim().is_empty() || self.worker_id.len() > 200 {
             return Err(ConfigError(format!(
                 "worker_id ({}) must be 1 to 200 characters",
@@ -135,6 +163,13 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    pub fn csv(&self) -> CsvSettings {
+        CsvSettings {
+            tables: self.csv_tables.clone(),
+            dir: self.csv_dir.clone(),
+        }
     }
 
     /// Connections this replica's pool may open: one per running job at most, plus the loops.
@@ -159,6 +194,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("retry_backoff", "1s"),
     ("worker_id", ""),
     ("log_format", "text"),
+    ("csv_dir", "."),
 ];
 
 fn env_name(setting: &str) -> String {

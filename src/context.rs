@@ -141,17 +141,37 @@ impl JobContext {
     /// job carries on, and the publishers report the outage.
     async fn beat(&self, progress: Option<&str>) {
         let store = &self.replica.store;
-        match store
+        let ours = match store
             .heartbeat(self.job.id, &self.replica.worker, progress)
             .await
         {
-            Ok(true) => {}
-            Ok(false) => self.stop_here().await,
-            Err(error) => tracing::debug!(job = self.job.id, %error, "heartbeat not recorded"),
+            Ok(ours) => ours,
+            Err(error) => {
+                tracing::debug!(job = self.job.id, %error, "heartbeat not recorded");
+                true
+            }
+        };
+        self.checkpointed(ours).await;
+    }
+
+    /// For built-in kinds that write their work and its checkpoint in one transaction of their
+    /// own: `ours` says whether the checkpoint found the job still this replica's. Stops the
+    /// handler if not, and pauses here if a pause was requested.
+    pub(crate) async fn checkpointed(&self, ours: bool) {
+        if !ours {
+            self.stop_here().await;
         }
         if *self.pause.borrow() {
             self.pause_here().await;
         }
+    }
+
+    pub(crate) fn store(&self) -> &dyn crate::store::Store {
+        &*self.replica.store
+    }
+
+    pub(crate) fn worker(&self) -> &str {
+        &self.replica.worker
     }
 
     async fn pause_here(&self) {

@@ -130,7 +130,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
             tracing::info!(%database, "database ready");
             let shutdown = CancellationToken::new();
-            let daemon = Daemon::new(store, Handlers::default(), config);
+            let daemon = Daemon::new(store, Handlers::builtin(&config.csv()), config);
             until_done(&shutdown, daemon.run(shutdown.clone())).await?;
         }
         Command::Demo { jobs } => {
@@ -139,7 +139,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 "jobsd demo: {jobs} jobs on {database}; stuck ones are cancelled after {}",
                 humantime::format_duration(config.dead_after)
             );
-            let daemon = Daemon::new(store.clone(), Handlers::default(), config);
+            let daemon = Daemon::new(store.clone(), Handlers::builtin(&config.csv()), config);
             let interrupted = CancellationToken::new();
             let demo = jobsd::demo::run(store, daemon, jobs, interrupted.clone());
             let rows = until_done(&interrupted, demo).await?;

@@ -2,6 +2,9 @@
 //! the row's `kind`. Built-in kinds live one per file beside this one; a library user registers
 //! their own with [`Handlers::register`].
 
+mod csv_export;
+mod csv_import;
+mod files;
 mod sleep;
 
 use std::collections::BTreeMap;
@@ -9,8 +12,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::config::CsvSettings;
 use crate::context::JobContext;
 
+pub use csv_export::CsvExport;
+pub use csv_import::CsvImport;
 pub use sleep::Sleep;
 
 /// Runs one kind of job. An `Err` fails this attempt: the job is retried while attempts remain,
@@ -45,13 +51,21 @@ pub struct Handlers {
 }
 
 impl Default for Handlers {
-    /// The built-in kinds.
+    /// The built-in kinds, with no tables open to the file kinds.
     fn default() -> Self {
-        Handlers::empty().register("sleep", Sleep)
+        Handlers::builtin(&CsvSettings::default())
     }
 }
 
 impl Handlers {
+    /// The built-in kinds: `sleep`, and `csv_import` and `csv_export` limited by `csv`.
+    pub fn builtin(csv: &CsvSettings) -> Self {
+        Handlers::empty()
+            .register("sleep", Sleep)
+            .register("csv_import", CsvImport { files: csv.clone() })
+            .register("csv_export", CsvExport { files: csv.clone() })
+    }
+
     /// No kinds at all; every job would fail as unknown.
     pub fn empty() -> Self {
         Handlers {

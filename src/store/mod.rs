@@ -99,6 +99,33 @@ pub trait Store: Send + Sync + 'static {
     /// `false` if there is no such job.
     async fn request(&self, id: i64, control: Control) -> Result<bool>;
 
+    /// The column names of `table`, in order; empty if there is no such table. `table` is a
+    /// plain identifier (see [`is_identifier`]).
+    async fn columns(&self, table: &str) -> Result<Vec<String>>;
+
+    /// In one transaction: inserts `rows` (NULL for `None`, else text the database converts to
+    /// each column's type) into `columns` of `table`, and records `progress` for job `id` as a
+    /// checkpoint. Nothing is written, and `false` returned, if the job is no longer RUNNING on
+    /// `worker`: a batch is imported exactly when its checkpoint is.
+    async fn import_batch(
+        &self,
+        id: i64,
+        worker: &str,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Option<String>>],
+        progress: &str,
+    ) -> Result<bool>;
+
+    /// The rows of `table` whose `date_column` falls on `day`, as text, in `columns` order.
+    async fn export_day(
+        &self,
+        table: &str,
+        date_column: &str,
+        columns: &[String],
+        day: chrono::NaiveDate,
+    ) -> Result<Vec<Vec<Option<String>>>>;
+
     /// Whole rows for people and tests: the given ids, or else the newest `limit` rows.
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>>;
 
@@ -216,6 +243,68 @@ where
     }
 }
 
+/// Whether `name` may be pasted into SQL as an identifier: letters, digits and `_`, not starting
+/// with a digit. Names from payloads and files are checked with this before any query is built.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 64
+}
+
+/// `names` quoted with `quote` and joined with commas, for a column list.
+fn column_list(names: &[String], quote: char) -> String {
+    names
+        .iter()
+        .map(|name| format!("{quote}{name}{quote}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `INSERT INTO table (columns) VALUES (?, …), …` for `rows`, in as many statements as a limit
+/// of `max_params` bound parameters needs, for dialects that take text for any column type.
+fn inserts<'a, DB>(
+    table: &str,
+    columns: &[String],
+    rows: &'a [Vec<Option<String>>],
+    quote: char,
+    max_params: usize,
+) -> Vec<sqlx::QueryBuilder<'a, DB>>
+where
+    DB: sqlx::Database,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let per_statement = (max_params / columns.len().max(1)).clamp(1, 1000);
+    let head = format!(
+        "INSERT INTO {quote}{table}{quote} ({}) ",
+        column_list(columns, quote)
+    );
+    rows.chunks(per_statement)
+        .map(|chunk| {
+            let mut insert = sqlx::QueryBuilder::new(head.clone());
+            insert.push_values(chunk, |mut values, row| {
+                for value in row {
+                    values.push_bind(value.as_deref());
+                }
+            });
+            insert
+        })
+        .collect()
+}
+
+/// Each row as text fields, in column order.
+fn text_rows<R: sqlx::Row>(rows: Vec<R>) -> Result<Vec<Vec<Option<String>>>>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|row| (0..row.len()).map(|i| row.try_get(i)).collect())
+        .collect()
+}
+
 /// A list of ids as a JSON array, for dialects that bind no arrays and unpack JSON instead.
 fn json_ids(ids: &[i64]) -> String {
     serde_json::Value::from(ids).to_string()
@@ -242,6 +331,24 @@ const DEAD: &str = "id, status, attempts, max_attempts, worker";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers_are_plain_names_only() {
+        for good in ["orders", "_tmp", "Order_2018"] {
+            assert!(is_identifier(good), "{good}");
+        }
+        for bad in [
+            "",
+            "2018",
+            "orders; DROP TABLE jobs",
+            "a.b",
+            "naïve",
+            "a\"b",
+            &"x".repeat(65),
+        ] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn redact_hides_only_the_password() {

@@ -14,7 +14,8 @@ use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, json_ids, micros, probe,
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, inserts, json_ids, micros,
+    probe, text_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -85,6 +86,39 @@ impl MySqlStore {
         .await?;
         tx.commit().await?;
         Ok(jobs)
+    }
+}
+
+impl MySqlStore {
+    async fn try_import(
+        &self,
+        id: i64,
+        worker: &str,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Option<String>>],
+        progress: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // MySQL takes up to 65535 parameters per statement.
+        for mut insert in inserts(table, columns, rows, '`', 60_000) {
+            insert.build().execute(&mut *tx).await?;
+        }
+        let checkpoint = sqlx::query(
+            "UPDATE jobs SET progress = ?, heartbeat_at = NOW(6) \
+             WHERE id = ? AND status = 'RUNNING' AND worker = ?",
+        )
+        .bind(progress)
+        .bind(id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        if checkpoint.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -382,6 +416,53 @@ impl Store for MySqlStore {
             })
             .await?;
         Ok(done == 1)
+    }
+
+    async fn columns(&self, table: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        )
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn import_batch(
+        &self,
+        id: i64,
+        worker: &str,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Option<String>>],
+        progress: &str,
+    ) -> Result<bool> {
+        retry_deadlocks(|| self.try_import(id, worker, table, columns, rows, progress)).await
+    }
+
+    async fn export_day(
+        &self,
+        table: &str,
+        date_column: &str,
+        columns: &[String],
+        day: chrono::NaiveDate,
+    ) -> Result<Vec<Vec<Option<String>>>> {
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|c| format!("CAST(`{c}` AS CHAR)"))
+            .collect();
+        let first = columns.first().map(String::as_str).unwrap_or(date_column);
+        let sql = format!(
+            "SELECT {} FROM `{table}` WHERE `{date_column}` >= ? AND `{date_column}` < ? \
+             ORDER BY `{date_column}`, `{first}`",
+            fields.join(", ")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(day)
+            .bind(day + chrono::Days::new(1))
+            .fetch_all(&self.pool)
+            .await?;
+        text_rows(rows)
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {

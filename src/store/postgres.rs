@@ -9,7 +9,10 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, Wakes, micros, probe};
+use super::{
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, Wakes, column_list, micros,
+    probe, text_rows,
+};
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
     Settlement,
@@ -299,6 +302,88 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn columns(&self, table: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn import_batch(
+        &self,
+        id: i64,
+        worker: &str,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Option<String>>],
+        progress: &str,
+    ) -> Result<bool> {
+        // One parameter for the whole batch: json_populate_recordset reads each text field with
+        // its column type's input function, as COPY would.
+        let list = column_list(columns, '"');
+        let sql = format!(
+            "INSERT INTO \"{table}\" ({list}) SELECT {list} FROM json_populate_recordset(NULL::\"{table}\", $1::json)"
+        );
+        let records: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| {
+                let fields = columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned().map(serde_json::Value::from));
+                serde_json::Value::Object(fields.collect())
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&sql)
+            .bind(serde_json::Value::Array(records).to_string())
+            .execute(&mut *tx)
+            .await?;
+        let checkpoint = sqlx::query(
+            "UPDATE jobs SET progress = $3, heartbeat_at = now() \
+             WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(progress)
+        .execute(&mut *tx)
+        .await?;
+        if checkpoint.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn export_day(
+        &self,
+        table: &str,
+        date_column: &str,
+        columns: &[String],
+        day: chrono::NaiveDate,
+    ) -> Result<Vec<Vec<Option<String>>>> {
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|c| format!("CAST(\"{c}\" AS TEXT)"))
+            .collect();
+        let first = columns.first().map(String::as_str).unwrap_or(date_column);
+        let sql = format!(
+            "SELECT {} FROM \"{table}\" WHERE \"{date_column}\" >= $1 AND \"{date_column}\" < $2 \
+             ORDER BY \"{date_column}\", \"{first}\"",
+            fields.join(", ")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(day)
+            .bind(day + chrono::Days::new(1))
+            .fetch_all(&self.pool)
+            .await?;
+        text_rows(rows)
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {

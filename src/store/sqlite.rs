@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, json_ids, probe};
+use super::{
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, inserts, json_ids, probe,
+    text_rows,
+};
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
     Settlement,
@@ -323,6 +326,72 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn columns(&self, table: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+            .bind(table)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn import_batch(
+        &self,
+        id: i64,
+        worker: &str,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Option<String>>],
+        progress: &str,
+    ) -> Result<bool> {
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads first may
+        // find another writer in the way when it upgrades, and fail instead of waiting.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // SQLite takes up to 32766 parameters per statement.
+        for mut insert in inserts(table, columns, rows, '"', 32_000) {
+            insert.build().execute(&mut *tx).await?;
+        }
+        let checkpoint = sqlx::query(
+            "UPDATE jobs SET progress = ?3, heartbeat_at = ?4 \
+             WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(progress)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        if checkpoint.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn export_day(
+        &self,
+        table: &str,
+        date_column: &str,
+        columns: &[String],
+        day: chrono::NaiveDate,
+    ) -> Result<Vec<Vec<Option<String>>>> {
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|c| format!("CAST(\"{c}\" AS TEXT)"))
+            .collect();
+        let first = columns.first().map(String::as_str).unwrap_or(date_column);
+        let sql = format!(
+            "SELECT {} FROM \"{table}\" WHERE \"{date_column}\" >= ?1 AND \"{date_column}\" < ?2 \
+             ORDER BY \"{date_column}\", \"{first}\"",
+            fields.join(", ")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(day.to_string())
+            .bind((day + chrono::Days::new(1)).to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        text_rows(rows)
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {

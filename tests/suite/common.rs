@@ -139,6 +139,8 @@ impl TestDb {
             retry_backoff: Duration::from_millis(50),
             worker_id: "test".into(),
             log_format: LogFormat::Text,
+            csv_tables: Vec::new(),
+            csv_dir: ".".into(),
         }
     }
 

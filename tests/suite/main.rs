@@ -4,4 +4,5 @@ mod cli;
 mod common;
 mod control;
 mod daemon;
+mod files;
 mod store;
