@@ -13,6 +13,7 @@ use super::files::{column, table_columns};
 use super::{Handler, Permanent};
 use crate::config::CsvSettings;
 use crate::context::JobContext;
+use crate::store::TextRow;
 
 /// Rows per transaction.
 const BATCH_ROWS: usize = 1000;
@@ -97,7 +98,7 @@ impl Source {
     }
 
     /// Up to `count` more rows; an empty field is NULL.
-    fn next(mut self, count: usize) -> (Source, Result<Vec<Vec<Option<String>>>, Permanent>) {
+    fn next(mut self, count: usize) -> (Source, Result<Vec<TextRow>, Permanent>) {
         let mut rows = Vec::with_capacity(count);
         let mut record = csv::StringRecord::new();
         while rows.len() < count {

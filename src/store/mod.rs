@@ -28,6 +28,9 @@ pub use sqlite::SqliteStore;
 
 pub type Result<T> = std::result::Result<T, sqlx::Error>;
 
+/// A table row as text fields, `None` for NULL: how the file kinds move data.
+pub type TextRow = Vec<Option<String>>;
+
 /// The database operations of jobsd. Methods that change a job return whether they won: `false`
 /// means the row was not in the expected state (another replica or the canceller got there
 /// first), which callers treat as a normal outcome, not an error.
@@ -113,7 +116,7 @@ pub trait Store: Send + Sync + 'static {
         worker: &str,
         table: &str,
         columns: &[String],
-        rows: &[Vec<Option<String>>],
+        rows: &[TextRow],
         progress: &str,
     ) -> Result<bool>;
 
@@ -124,7 +127,7 @@ pub trait Store: Send + Sync + 'static {
         date_column: &str,
         columns: &[String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<Vec<Option<String>>>>;
+    ) -> Result<Vec<TextRow>>;
 
     /// Whole rows for people and tests: the given ids, or else the newest `limit` rows.
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>>;
@@ -268,7 +271,7 @@ fn column_list(names: &[String], quote: char) -> String {
 fn inserts<'a, DB>(
     table: &str,
     columns: &[String],
-    rows: &'a [Vec<Option<String>>],
+    rows: &'a [TextRow],
     quote: char,
     max_params: usize,
 ) -> Vec<sqlx::QueryBuilder<'a, DB>>
@@ -295,7 +298,7 @@ where
 }
 
 /// Each row as text fields, in column order.
-fn text_rows<R: sqlx::Row>(rows: Vec<R>) -> Result<Vec<Vec<Option<String>>>>
+fn text_rows<R: sqlx::Row>(rows: Vec<R>) -> Result<Vec<TextRow>>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,

@@ -14,8 +14,8 @@ use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, inserts, json_ids, micros,
-    probe, text_rows,
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, inserts, json_ids,
+    micros, probe, text_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -96,7 +96,7 @@ impl MySqlStore {
         worker: &str,
         table: &str,
         columns: &[String],
-        rows: &[Vec<Option<String>>],
+        rows: &[TextRow],
         progress: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
@@ -434,7 +434,7 @@ impl Store for MySqlStore {
         worker: &str,
         table: &str,
         columns: &[String],
-        rows: &[Vec<Option<String>>],
+        rows: &[TextRow],
         progress: &str,
     ) -> Result<bool> {
         retry_deadlocks(|| self.try_import(id, worker, table, columns, rows, progress)).await
@@ -446,7 +446,7 @@ impl Store for MySqlStore {
         date_column: &str,
         columns: &[String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<Vec<Option<String>>>> {
+    ) -> Result<Vec<TextRow>> {
         let fields: Vec<String> = columns
             .iter()
             .map(|c| format!("CAST(`{c}` AS CHAR)"))

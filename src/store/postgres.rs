@@ -10,8 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, Wakes, column_list, micros,
-    probe, text_rows,
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, Wakes, column_list,
+    micros, probe, text_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -320,7 +320,7 @@ impl Store for PostgresStore {
         worker: &str,
         table: &str,
         columns: &[String],
-        rows: &[Vec<Option<String>>],
+        rows: &[TextRow],
         progress: &str,
     ) -> Result<bool> {
         // One parameter for the whole batch: json_populate_recordset reads each text field with
@@ -367,7 +367,7 @@ impl Store for PostgresStore {
         date_column: &str,
         columns: &[String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<Vec<Option<String>>>> {
+    ) -> Result<Vec<TextRow>> {
         let fields: Vec<String> = columns
             .iter()
             .map(|c| format!("CAST(\"{c}\" AS TEXT)"))

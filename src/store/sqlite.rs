@@ -12,8 +12,8 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, inserts, json_ids, probe,
-    text_rows,
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, inserts, json_ids,
+    probe, text_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -341,7 +341,7 @@ impl Store for SqliteStore {
         worker: &str,
         table: &str,
         columns: &[String],
-        rows: &[Vec<Option<String>>],
+        rows: &[TextRow],
         progress: &str,
     ) -> Result<bool> {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads first may
@@ -375,7 +375,7 @@ impl Store for SqliteStore {
         date_column: &str,
         columns: &[String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<Vec<Option<String>>>> {
+    ) -> Result<Vec<TextRow>> {
         let fields: Vec<String> = columns
             .iter()
             .map(|c| format!("CAST(\"{c}\" AS TEXT)"))
