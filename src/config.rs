@@ -99,12 +99,18 @@ impl Config {
         builder = builder
             .set_default("csv_tables", Vec::<String>::new())
             .map_err(wrap)?
-            .add_source(
-                Environment::with_prefix("JOBSD")
-                    .try_parsing(false)
-                    .list_separator(",")
-                    .with_list_parse_key("csv_tables"),
-            );
+            .add_source(Environment::with_prefix("JOBSD").try_parsing(false));
+        // A list in one variable, comma-separated; `config` would only split it if it also
+        // guessed the type of every other variable.
+        if let Ok(tables) = std::env::var("JOBSD_CSV_TABLES") {
+            let tables: Vec<String> = tables
+                .split(',')
+                .map(str::trim)
+                .filter(|table| !table.is_empty())
+                .map(str::to_owned)
+                .collect();
+            builder = builder.set_override("csv_tables", tables).map_err(wrap)?;
+        }
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database_url", url).map_err(wrap)?;
         }

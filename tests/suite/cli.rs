@@ -9,7 +9,10 @@ use tokio::process::Command;
 
 use crate::common::TestDb;
 
-crate::on_every_backend!(the_binary_on_real_defaults_reproduces_the_original_table);
+crate::on_every_backend!(
+    the_binary_on_real_defaults_reproduces_the_original_table,
+    csv_import_killed_mid_file_imports_every_row_exactly_once,
+);
 
 /// `jobsd` with no settings from this environment: only what the test passes.
 fn jobsd(folder: &Path) -> Command {
@@ -94,6 +97,87 @@ async fn the_binary_on_real_defaults_reproduces_the_original_table(db: TestDb) {
             "{row:?}"
         );
     }
+}
+
+async fn csv_import_killed_mid_file_imports_every_row_exactly_once(db: TestDb) {
+    const ROWS: i64 = 200_000;
+    crate::files::create_orders(&db).await;
+    let folder = tempfile::tempdir().expect("folder");
+    crate::files::orders_csv(&folder.path().join("orders.csv"), ROWS as u64);
+    let store = db.store().await;
+    let job = jobsd::NewJob {
+        kind: Some("csv_import".into()),
+        payload: Some(r#"{"path": "orders.csv", "table": "orders"}"#.into()),
+        max_attempts: Some(3),
+        ..jobsd::NewJob::default()
+    };
+    let id = store.insert(&job).await.expect("insert");
+    let start = || {
+        let mut command = jobsd(folder.path());
+        command
+            .arg("run")
+            .env("DATABASE_URL", &db.url)
+            .env("JOBSD_CSV_TABLES", "orders")
+            .env("JOBSD_CSV_DIR", folder.path())
+            .env("JOBSD_DEAD_AFTER", "1s")
+            .env("JOBSD_POLL_INTERVAL", "200ms")
+            .env("JOBSD_RETRY_BACKOFF", "100ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.spawn().expect("jobsd run starts")
+    };
+    let progress = |row: &jobsd::JobRow| -> i64 {
+        let text = row.progress.as_deref().unwrap_or(r#"{"rows":0}"#);
+        serde_json::from_str::<serde_json::Value>(text).expect("progress")["rows"]
+            .as_i64()
+            .expect("rows")
+    };
+    let count = || async {
+        let pool = db.sql().await;
+        let counted: (i64, i64) = sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT id) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        pool.close().await;
+        counted
+    };
+
+    let mut first = start();
+    loop {
+        if let Some(exit) = first.try_wait().expect("wait") {
+            panic!("jobsd exited early: {exit:?}");
+        }
+        let row = db.rows(&store, &[id]).await.remove(0);
+        assert_ne!(
+            row.status,
+            Status::Done,
+            "the import finished before it could be killed"
+        );
+        if progress(&row) >= 20_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.start_kill().expect("SIGKILL");
+    first.wait().await.expect("killed");
+    let killed = db.rows(&store, &[id]).await.remove(0);
+    let checkpoint = progress(&killed);
+    assert_eq!(killed.status, Status::Running, "killed mid-file");
+    assert!(checkpoint < ROWS, "killed mid-file, at {checkpoint}");
+    assert_eq!(
+        count().await,
+        (checkpoint, checkpoint),
+        "exactly the checkpointed rows are in"
+    );
+
+    let mut second = start();
+    let rows = db.until_all_finished(Duration::from_secs(120)).await;
+    second.start_kill().expect("stop");
+    second.wait().await.expect("stopped");
+    let done = &rows[0];
+    assert_eq!((done.status, done.attempts), (Status::Done, 2), "{done:?}");
+    assert_eq!(progress(done), ROWS);
+    assert_eq!(count().await, (ROWS, ROWS), "every row once, none twice");
 }
 
 #[tokio::test]
