@@ -30,26 +30,28 @@ progress() { sqlite3 bench.db "SELECT COALESCE(json_extract(progress, '\$.rows')
 status() { sqlite3 bench.db "SELECT status FROM jobs WHERE id = 1"; }
 rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# Runs the daemon until `stop_at` rows are in (or the job ends); prints its peak RSS.
+# Runs the daemon until `stop_at` rows are in (or the job ends); leaves its pid in `pid` and
+# its peak resident set (KiB) in `peak`.
 run_until() {
-  local stop_at=$1 peak=0 rss
-  "$jobsd" run 2>>daemon.log &
+  local stop_at=$1 rss
+  peak=0
+  "$jobsd" run >/dev/null 2>>daemon.log &
   pid=$!
   while :; do
     rss=$(rss_kb "$pid"); (( rss > peak )) && peak=$rss
     [ "$(status)" = DONE ] && break
     (( $(progress) >= stop_at )) && break
-    sleep 0.5
+    sleep 0.2
   done
-  echo "$peak"
 }
 
 start=$(date +%s.%N)
-peak1=$(run_until $(( rows * 2 / 5 )))
+run_until $(( rows * 2 / 5 )); peak1=$peak
+[ "$(status)" = DONE ] && { echo "the import finished before the kill: use a bigger file" >&2; exit 1; }
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true
 at_kill=$(progress); in_table=$(sqlite3 bench.db "SELECT COUNT(*) FROM big")
 echo "killed with kill -9 at $at_kill checkpointed rows; rows in the table: $in_table"
-peak2=$(run_until $(( rows + 1 )))
+run_until $(( rows + 1 )); peak2=$peak
 end=$(date +%s.%N)
 kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 
