@@ -41,6 +41,9 @@ pub struct Config {
     pub worker_id: String,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// Touched after every pass of the dead-jobs loop that reached the database; `jobsd health`
+    /// reads its age.
+    pub health_file: PathBuf,
     /// The only tables `csv_import` and `csv_export` jobs may name.
     pub csv_tables: Vec<String>,
     /// The folder `csv_import` and `csv_export` paths are relative to; they cannot leave it.
@@ -201,6 +204,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker_id", ""),
     ("log_format", "text"),
     ("csv_dir", "."),
+    ("health_file", "/tmp/jobsd.health"),
 ];
 
 fn env_name(setting: &str) -> String {

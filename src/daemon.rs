@@ -70,6 +70,7 @@ impl Daemon {
             backlog: AtomicBool::new(false),
             wakes: Wakes::default(),
             heartbeat_interval: config.heartbeat_interval(),
+            health_file: config.health_file.clone(),
         });
         let (claimed_tx, claimed_rx) = mpsc::channel(consumers);
         let (dead_tx, dead_rx) = mpsc::channel(64);

@@ -70,6 +70,12 @@ enum Command {
         #[arg(long)]
         max_attempts: Option<i32>,
     },
+    /// Exit 0 if a `jobsd run` on this machine reached the database within MAX_AGE (a probe)
+    Health {
+        /// How old the last sign of life may be
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        max_age: std::time::Duration,
+    },
     /// Ask for a job to pause at its next checkpoint (as `UPDATE jobs SET control = 'pause'`)
     Pause { id: i64 },
     /// Ask for a paused job to go on
@@ -117,6 +123,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    if let Command::Health { max_age } = command {
+        return health(&config.health_file, max_age);
+    }
     let store = store::connect(&config.database_url, config.pool_size()).await?;
     let database = store::redact(&config.database_url);
     match command {
@@ -170,10 +179,35 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             };
             println!("{}", store.insert(&job).await?);
         }
+        // Answered above, without a database connection.
+        Command::Health { .. } => {}
         Command::Pause { id } => request(&*store, id, Control::Pause).await?,
         Command::Resume { id } => request(&*store, id, Control::Resume).await?,
         Command::Terminate { id } => request(&*store, id, Control::Terminate).await?,
     }
+    Ok(())
+}
+
+/// The probe: the daemon rewrites `file` after every pass that reached the database, so an old
+/// file means its loops have stopped or the database has not answered for `max_age`.
+fn health(file: &std::path::Path, max_age: std::time::Duration) -> anyhow::Result<()> {
+    let modified = std::fs::metadata(file)
+        .and_then(|meta| meta.modified())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no sign of life at {} ({e}); is `jobsd run` running?",
+                file.display()
+            )
+        })?;
+    let age = modified.elapsed().unwrap_or_default();
+    let shown = humantime::format_duration(std::time::Duration::from_secs(age.as_secs()));
+    if age > max_age {
+        anyhow::bail!(
+            "last sign of life {shown} ago, more than {}: the loops have stopped or the database does not answer",
+            humantime::format_duration(max_age)
+        );
+    }
+    println!("alive: last pass {shown} ago");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! What the loops and tasks of one replica share: its store and id, the jobs it holds, and the
 //! consumer slots that bound how many of them it runs.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,9 +25,20 @@ pub(crate) struct Replica {
     pub wakes: Wakes,
     /// How often a running job should prove it is alive.
     pub heartbeat_interval: Duration,
+    /// Where this replica says it is alive, for `jobsd health`.
+    pub health_file: PathBuf,
 }
 
 impl Replica {
+    /// Records that the loops tick and the database answers; `jobsd health` reads the file's
+    /// age. A file that cannot be written makes the probe fail, which is what it should do.
+    pub async fn alive(&self) {
+        let now = chrono::Utc::now().to_rfc3339();
+        if let Err(error) = tokio::fs::write(&self.health_file, now).await {
+            tracing::debug!(file = %self.health_file.display(), %error, "cannot write the health file");
+        }
+    }
+
     /// A slot came free: if work is waiting, claim it now rather than at the next poll.
     pub fn slot_freed(&self) {
         if self.backlog.load(Ordering::Relaxed) {

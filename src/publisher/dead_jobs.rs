@@ -43,6 +43,7 @@ impl Publisher for DeadJobs {
                 break;
             }
         }
+        replica.alive().await;
         // The canceller settles what was sent before the next pass looks again.
         Ok(false)
     }

@@ -392,6 +392,74 @@ async fn a_hundred_paused_jobs_cost_next_to_no_cpu() {
     assert!(exit.status.success());
 }
 
+#[tokio::test]
+async fn the_health_probe_fails_when_the_loops_stop() {
+    let folder = tempfile::tempdir().expect("folder");
+    let health_file = folder.path().join("jobsd.health");
+    let probe = |max_age: &'static str| {
+        let mut command = jobsd(folder.path());
+        command
+            .args(["health", "--max-age", max_age])
+            .env("JOBSD_HEALTH_FILE", &health_file);
+        output(command)
+    };
+    let before = probe("2s").await;
+    assert_eq!(
+        before.status.code(),
+        Some(1),
+        "no daemon yet: {}",
+        text(&before.stderr)
+    );
+    assert!(text(&before.stderr).contains("no sign of life"));
+
+    let mut command = jobsd(folder.path());
+    command
+        .arg("run")
+        .env("JOBSD_HEALTH_FILE", &health_file)
+        .env("JOBSD_POLL_INTERVAL", "200ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let daemon = command.spawn().expect("jobsd run starts");
+    let pid = daemon.id().expect("pid").to_string();
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status();
+        assert!(sent.expect("kill runs").success());
+    };
+    let mut alive = false;
+    for _ in 0..100 {
+        if probe("2s").await.status.success() {
+            alive = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(alive, "the probe passes while the daemon runs");
+
+    // A stopped process is the hung daemon a liveness probe exists for.
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stalled = probe("2s").await;
+    signal("-CONT");
+    assert_eq!(
+        stalled.status.code(),
+        Some(1),
+        "the probe fails when the loops stop"
+    );
+    assert!(
+        text(&stalled.stderr).contains("loops have stopped"),
+        "{}",
+        text(&stalled.stderr)
+    );
+    signal("-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(30), daemon.wait_with_output())
+        .await
+        .expect("jobsd stops")
+        .expect("exit status");
+    assert!(exit.status.success());
+}
+
 /// Runs `jobsd migrate` with `settings` and expects exit 2 and one line naming `words`.
 async fn refused(settings: &[(&str, &str)], words: &str) -> String {
     let folder = tempfile::tempdir().expect("folder");

@@ -141,6 +141,8 @@ impl TestDb {
             log_format: LogFormat::Text,
             csv_tables: Vec::new(),
             csv_dir: ".".into(),
+            health_file: std::env::temp_dir()
+                .join(format!("jobsd-test-{}.health", std::process::id())),
         }
     }
 
