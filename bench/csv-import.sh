@@ -18,7 +18,7 @@ cd "$work"
 rows=$(( size_mb * 1024 * 1024 / 56 ))
 echo "generating $rows rows (~${size_mb} MB)"
 { echo "id,amount,note"; seq 1 "$rows" | awk '{ print $1 "," ($1 * 7) ",note-" $1 "-abcdefghijklmnopqrstuvwxyz" }'; } > big.csv
-ls -l big.csv | awk '{ printf "file: %.0f MB\n", $5 / 1048576 }'
+stat -c %s big.csv | awk '{ printf "file: %.0f MB\n", $1 / 1048576 }'
 
 export DATABASE_URL=sqlite://bench.db JOBSD_CSV_TABLES=big JOBSD_CSV_DIR=$work \
   JOBSD_DEAD_AFTER=2s JOBSD_RETRY_BACKOFF=100ms RUST_LOG=warn
