@@ -20,5 +20,7 @@ COPY --from=build /src/target/release/jobsd /usr/local/bin/jobsd
 # The distroless "nonroot" user, by number so that Kubernetes can check runAsNonRoot.
 USER 65532:65532
 WORKDIR /home/nonroot
+# For plain docker; on Kubernetes the probes in build.yaml run the same command.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s CMD ["jobsd", "health", "--max-age", "30s"]
 ENTRYPOINT ["jobsd"]
 CMD ["run"]
