@@ -17,7 +17,9 @@
 //! - [`context`]: what a running handler sees ([`JobContext`]).
 //! - [`daemon`]: wires the loops together and drains them on shutdown.
 //! - [`demo`] and [`table`]: the `jobsd demo` and `jobsd status` commands.
+//! - [`bench`]: the `jobsd bench` command.
 
+pub mod bench;
 mod canceller;
 pub mod config;
 mod consumer;

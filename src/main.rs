@@ -76,6 +76,15 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         max_age: std::time::Duration,
     },
+    /// Measure drain speed, pickup latency, rate limit and memory on a scratch database
+    Bench {
+        /// Jobs drained in W1 and W5
+        #[arg(long, default_value_t = 100_000)]
+        jobs: u32,
+        /// Finished rows already in the table for W5
+        #[arg(long, default_value_t = 1_000_000)]
+        history: u32,
+    },
     /// Ask for a job to pause at its next checkpoint (as `UPDATE jobs SET control = 'pause'`)
     Pause { id: i64 },
     /// Ask for a paused job to go on
@@ -178,6 +187,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 max_attempts,
             };
             println!("{}", store.insert(&job).await?);
+        }
+        Command::Bench { jobs, history } => {
+            let report = jobsd::bench::run(
+                &config.database_url,
+                &jobsd::bench::Options { jobs, history },
+            )
+            .await?;
+            println!("{}", jobsd::bench::render(&report));
+            println!("{}", serde_json::to_string(&report)?);
         }
         // Answered above, without a database connection.
         Command::Health { .. } => {}

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
-    Settlement,
+    Settlement, Status,
 };
 
 pub use mysql::MySqlStore;
@@ -131,6 +131,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whole rows for people and tests: the given ids, or else the newest `limit` rows.
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>>;
+
+    /// How many jobs are in each status.
+    async fn counts(&self) -> Result<Vec<(Status, i64)>>;
+
+    /// Inserts `count` `sleep` jobs of `nanos` at once, for benchmarks; already DONE if `done`.
+    async fn insert_many(&self, count: u32, nanos: i64, done: bool) -> Result<()>;
+
+    /// Statements the database server has run so far, where it keeps count; for benchmarks.
+    async fn statements(&self) -> Result<Option<u64>>;
+
+    /// Creates an empty database named `name` beside this one and returns its URL, for
+    /// benchmarks; `drop_scratch` removes it.
+    async fn create_scratch(&self, url: &str, name: &str) -> Result<String>;
+
+    async fn drop_scratch(&self, name: &str) -> Result<()>;
 
     /// Wakes the publishers in `wakes` when jobs are inserted or control requests written,
     /// until `stop`. Backends that cannot be told return at once, and the publishers poll.
@@ -305,6 +320,25 @@ where
 {
     rows.iter()
         .map(|row| (0..row.len()).map(|i| row.try_get(i)).collect())
+        .collect()
+}
+
+/// `url` with its database (path) replaced by `name`.
+fn with_database(url: &str, name: &str) -> Result<String> {
+    let mut url = url::Url::parse(url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
+}
+
+/// Decodes `(status, count)` rows.
+fn status_counts(rows: Vec<(String, i64)>) -> Result<Vec<(Status, i64)>> {
+    rows.into_iter()
+        .map(|(status, count)| {
+            let status = status
+                .parse()
+                .map_err(|e: crate::job::UnknownStatus| sqlx::Error::Decode(e.into()))?;
+            Ok((status, count))
+        })
         .collect()
 }
 

@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::{status_counts, with_database};
+use crate::job::Status;
 use async_trait::async_trait;
 use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::query::Query;
@@ -477,5 +479,56 @@ impl Store for MySqlStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await
+    }
+
+    async fn counts(&self) -> Result<Vec<(Status, i64)>> {
+        let rows = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        status_counts(rows)
+    }
+
+    async fn insert_many(&self, count: u32, nanos: i64, done: bool) -> Result<()> {
+        // MySQL stops recursive CTEs at 1000 rows unless told otherwise: go by chunks.
+        let mut left = count;
+        while left > 0 {
+            let chunk = left.min(900);
+            sqlx::query(
+                "INSERT INTO jobs (sleep, status, finished_at) \
+                 SELECT ?, IF(?, 'DONE', 'NEW'), IF(?, NOW(6), NULL) FROM \
+                 (WITH RECURSIVE n (x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?) SELECT x FROM n) AS seq",
+            )
+            .bind(nanos)
+            .bind(done)
+            .bind(done)
+            .bind(chunk)
+            .execute(&self.pool)
+            .await?;
+            left -= chunk;
+        }
+        Ok(())
+    }
+
+    async fn statements(&self) -> Result<Option<u64>> {
+        // Server-wide: meaningful on a database server that runs nothing else meanwhile.
+        let (_, questions): (String, String) =
+            sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(questions.parse().ok())
+    }
+
+    async fn create_scratch(&self, url: &str, name: &str) -> Result<String> {
+        sqlx::query(&format!("CREATE DATABASE `{name}`"))
+            .execute(&self.pool)
+            .await?;
+        with_database(url, name)
+    }
+
+    async fn drop_scratch(&self, name: &str) -> Result<()> {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::{status_counts, with_database};
+use crate::job::Status;
 use async_trait::async_trait;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -396,6 +398,51 @@ impl Store for PostgresStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
+    }
+
+    async fn counts(&self) -> Result<Vec<(Status, i64)>> {
+        let rows = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        status_counts(rows)
+    }
+
+    async fn insert_many(&self, count: u32, nanos: i64, done: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO jobs (sleep, status, finished_at) \
+             SELECT $2, CASE WHEN $3 THEN 'DONE' ELSE 'NEW' END, CASE WHEN $3 THEN now() END \
+             FROM generate_series(1, $1)",
+        )
+        .bind(i64::from(count))
+        .bind(nanos)
+        .bind(done)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn statements(&self) -> Result<Option<u64>> {
+        // Every statement jobsd sends runs in a transaction of its own or of a claim's.
+        let commits: i64 = sqlx::query_scalar(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(commits).ok())
+    }
+
+    async fn create_scratch(&self, url: &str, name: &str) -> Result<String> {
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&self.pool)
+            .await?;
+        with_database(url, name)
+    }
+
+    async fn drop_scratch(&self, name: &str) -> Result<()> {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn watch(&self, wakes: Wakes, stop: CancellationToken) {

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use super::status_counts;
+use crate::job::Status;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
@@ -406,4 +408,55 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
     }
+
+    async fn counts(&self) -> Result<Vec<(Status, i64)>> {
+        let rows = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        status_counts(rows)
+    }
+
+    async fn insert_many(&self, count: u32, nanos: i64, done: bool) -> Result<()> {
+        sqlx::query(
+            "WITH RECURSIVE n (x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?1) \
+             INSERT INTO jobs (sleep, status, finished_at) \
+             SELECT ?2, CASE WHEN ?3 THEN 'DONE' ELSE 'NEW' END, CASE WHEN ?3 THEN ?4 END FROM n",
+        )
+        .bind(count)
+        .bind(nanos)
+        .bind(done)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn statements(&self) -> Result<Option<u64>> {
+        // An embedded file keeps no server-side count.
+        Ok(None)
+    }
+
+    /// A file in the system's temporary folder.
+    async fn create_scratch(&self, _url: &str, name: &str) -> Result<String> {
+        Ok(format!("sqlite://{}", scratch_file(name).display()))
+    }
+
+    async fn drop_scratch(&self, name: &str) -> Result<()> {
+        let file = scratch_file(name);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = file.clone().into_os_string();
+            path.push(suffix);
+            match std::fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error.into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn scratch_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{name}.db"))
 }

@@ -1,0 +1,265 @@
+//! `jobsd bench`: the speed, latency and memory of this build on a given database, measured on
+//! a scratch database it creates beside the given one and drops afterwards. The daemon runs as
+//! a child process (`jobsd run`), so its resident set is its own.
+//!
+//! - W1 drain: `jobs` no-op jobs inserted first, then the daemon started with the limiter off;
+//!   jobs/s from its start until all are finished, and database statements per job.
+//! - W2 pickup: 200 single-row INSERTs 20 ms apart; percentiles of `started_at - created_at`.
+//! - W3 rate: 1000 jobs at the default limit of 50/s; the achieved rate and the busiest second.
+//! - W4 memory: the daemon's peak resident set during W1, and its resident set when idle after.
+//! - W5 scale: W1 again with `history` finished rows already in the table.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::job::NewJob;
+use crate::store::{self, Store};
+
+/// How often the bench looks whether the jobs are finished.
+const WATCH: Duration = Duration::from_millis(20);
+
+pub struct Options {
+    pub jobs: u32,
+    pub history: u32,
+}
+
+/// What the bench measured; printed as a table and as one JSON line.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub database: String,
+    pub jobs: u32,
+    pub w1_jobs_per_second: f64,
+    pub w1_statements_per_job: Option<f64>,
+    pub w2_pickup_ms_p50: f64,
+    pub w2_pickup_ms_p95: f64,
+    pub w2_pickup_ms_p99: f64,
+    pub w3_starts_per_second: f64,
+    pub w3_busiest_second: usize,
+    pub w4_peak_rss_mib: f64,
+    pub w4_idle_rss_mib: f64,
+    pub history: u32,
+    pub w5_jobs_per_second: f64,
+}
+
+/// Runs W1 to W5 against a scratch database beside `url`.
+pub async fn run(url: &str, options: &Options) -> anyhow::Result<Report> {
+    let admin = store::connect(url, 2).await?;
+    let suffix: String = rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric)
+        .take(8)
+        .map(|c| char::from(c).to_ascii_lowercase())
+        .collect();
+    let name = format!("jobsd_bench_{suffix}");
+    let scratch = admin.create_scratch(url, &name).await?;
+    let result = workloads(&scratch, options).await;
+    if let Err(error) = admin.drop_scratch(&name).await {
+        tracing::warn!(%error, database = name, "could not drop the scratch database");
+    }
+    let mut report = result?;
+    report.database = store::redact(url);
+    Ok(report)
+}
+
+async fn workloads(url: &str, options: &Options) -> anyhow::Result<Report> {
+    let store = store::connect(url, 4).await?;
+    store.migrate().await?;
+    let health = std::env::temp_dir().join(format!("jobsd-bench-{}.health", std::process::id()));
+    let daemon = |rate: u32| spawn(url, rate, &health);
+
+    eprintln!("W1: draining {} jobs", options.jobs);
+    let (w1, w1_statements, peak, idle) = drain(&store, options.jobs, &daemon).await?;
+
+    eprintln!("W2: 200 single inserts, 20 ms apart");
+    let mut child = daemon(0)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(store.insert(&NewJob::sleep(0, Some(0))).await?);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_finished(&store, &mut child).await?;
+    stop(child).await?;
+    let mut pickups: Vec<f64> = store
+        .rows(&ids, 200)
+        .await?
+        .iter()
+        .filter_map(|row| {
+            row.started_at
+                .map(|at| (at - row.created_at).num_microseconds())
+        })
+        .flatten()
+        .map(|micros| micros as f64 / 1000.0)
+        .collect();
+    pickups.sort_by(f64::total_cmp);
+
+    eprintln!("W3: 1000 jobs at 50 starts/s");
+    store.insert_many(1000, 0, false).await?;
+    let mut child = daemon(50)?;
+    until_finished(&store, &mut child).await?;
+    stop(child).await?;
+    let starts: Vec<_> = store
+        .rows(&[], 1000)
+        .await?
+        .iter()
+        .filter_map(|row| row.started_at)
+        .collect();
+    let first = starts.iter().min().copied().unwrap_or_default();
+    let last = starts.iter().max().copied().unwrap_or_default();
+    let span = (last - first).num_microseconds().unwrap_or(1).max(1) as f64 / 1e6;
+    let mut per_second: HashMap<i64, usize> = HashMap::new();
+    for at in &starts {
+        *per_second.entry(at.timestamp()).or_default() += 1;
+    }
+
+    eprintln!("W5: {} finished rows, then W1 again", options.history);
+    store.insert_many(options.history, 0, true).await?;
+    let (w5, _, _, _) = drain(&store, options.jobs, &daemon).await?;
+
+    Ok(Report {
+        database: String::new(),
+        jobs: options.jobs,
+        w1_jobs_per_second: w1,
+        w1_statements_per_job: w1_statements,
+        w2_pickup_ms_p50: percentile(&pickups, 50.0),
+        w2_pickup_ms_p95: percentile(&pickups, 95.0),
+        w2_pickup_ms_p99: percentile(&pickups, 99.0),
+        w3_starts_per_second: (starts.len().saturating_sub(1)) as f64 / span,
+        w3_busiest_second: per_second.values().copied().max().unwrap_or_default(),
+        w4_peak_rss_mib: peak,
+        w4_idle_rss_mib: idle,
+        history: options.history,
+        w5_jobs_per_second: w5,
+    })
+}
+
+/// W1: inserts `jobs`, runs a daemon with the limiter off until all are finished. Returns
+/// jobs/s, statements per job, and the daemon's peak and idle resident set in MiB.
+async fn drain(
+    store: &Arc<dyn Store>,
+    jobs: u32,
+    daemon: &impl Fn(u32) -> anyhow::Result<Child>,
+) -> anyhow::Result<(f64, Option<f64>, f64, f64)> {
+    store.insert_many(jobs, 0, false).await?;
+    let before = store.statements().await?;
+    let started = Instant::now();
+    let mut child = daemon(0)?;
+    until_finished(store, &mut child).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = store.statements().await?;
+    let pid = child.id().context("daemon pid")?;
+    let peak = memory(pid, "VmHWM")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = memory(pid, "VmRSS")?;
+    stop(child).await?;
+    let statements = before
+        .zip(after)
+        .map(|(before, after)| after.saturating_sub(before) as f64 / f64::from(jobs.max(1)));
+    Ok((f64::from(jobs) / seconds, statements, peak, idle))
+}
+
+fn spawn(url: &str, rate: u32, health: &PathBuf) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("the jobsd executable")?;
+    Command::new(exe)
+        .args(["run", "--no-migrate"])
+        .env("DATABASE_URL", url)
+        .env("JOBSD_RATE_PER_SECOND", rate.to_string())
+        .env("JOBSD_HEALTH_FILE", health)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting jobsd run")
+}
+
+/// Waits until no job is left unfinished, or fails if the daemon exits first.
+async fn until_finished(store: &Arc<dyn Store>, child: &mut Child) -> anyhow::Result<()> {
+    loop {
+        let counts = store.counts().await?;
+        if counts.iter().all(|(status, _)| status.is_terminal()) {
+            return Ok(());
+        }
+        if let Some(exit) = child.try_wait()? {
+            anyhow::bail!("jobsd run exited during the bench: {exit}");
+        }
+        tokio::time::sleep(WATCH).await;
+    }
+}
+
+async fn stop(mut child: Child) -> anyhow::Result<()> {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    child.wait().await?;
+    Ok(())
+}
+
+/// A `/proc/PID/status` memory line (`VmHWM`, `VmRSS`) in MiB.
+fn memory(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .context("memory figure")?;
+    Ok(kib / 1024.0)
+}
+
+fn percentile(sorted: &[f64], percent: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (percent / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// The report as a table for people.
+pub fn render(report: &Report) -> String {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::ASCII_MARKDOWN)
+        .set_header(["workload", "result"]);
+    let statements = report
+        .w1_statements_per_job
+        .map(|s| format!(", {s:.2} statements/job"))
+        .unwrap_or_default();
+    table.add_row([
+        format!("W1 drain {} jobs", report.jobs),
+        format!("{:.0} jobs/s{statements}", report.w1_jobs_per_second),
+    ]);
+    table.add_row([
+        "W2 pickup (ms)".to_owned(),
+        format!(
+            "p50 {:.1} / p95 {:.1} / p99 {:.1}",
+            report.w2_pickup_ms_p50, report.w2_pickup_ms_p95, report.w2_pickup_ms_p99
+        ),
+    ]);
+    table.add_row([
+        "W3 rate limit 50/s".to_owned(),
+        format!(
+            "{:.2} starts/s, busiest second {}",
+            report.w3_starts_per_second, report.w3_busiest_second
+        ),
+    ]);
+    table.add_row([
+        "W4 memory".to_owned(),
+        format!(
+            "peak {:.1} MiB, idle {:.1} MiB",
+            report.w4_peak_rss_mib, report.w4_idle_rss_mib
+        ),
+    ]);
+    table.add_row([
+        format!("W5 drain with {} finished rows", report.history),
+        format!("{:.0} jobs/s", report.w5_jobs_per_second),
+    ]);
+    table.to_string()
+}
