@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, default_value_t = 9)]
         jobs: u32,
     },
-    /// Print the newest jobs
+    /// Print the newest jobs, and how many jobs there are in each status
     Status {
         /// How many rows to print
         #[arg(long, default_value_t = 50)]
@@ -167,7 +167,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Status { limit } => {
             let rows = store.rows(&[], limit).await?;
             println!("{}", table::render(&rows));
-            println!("{}", table::summary(&rows));
+            println!("{}", table::totals(&store.counts().await?));
         }
         Command::Enqueue {
             kind,

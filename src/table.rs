@@ -1,8 +1,6 @@
 //! The jobs table as people read it: the columns of the original design's table, plus why a job
 //! failed or was cancelled.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use comfy_table::{Table, presets};
 
@@ -42,20 +40,26 @@ pub fn render(rows: &[JobRow]) -> String {
 
 /// One line counting `rows` by status, e.g. `3 jobs: 2 DONE, 1 CANCELLED`.
 pub fn summary(rows: &[JobRow]) -> String {
-    let mut counts: BTreeMap<usize, (Status, usize)> = BTreeMap::new();
+    let mut counts: Vec<(Status, i64)> = Vec::new();
     for row in rows {
-        let order = Status::ALL
-            .iter()
-            .position(|s| *s == row.status)
-            .unwrap_or_default();
-        counts.entry(order).or_insert((row.status, 0)).1 += 1;
+        match counts.iter_mut().find(|(status, _)| *status == row.status) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((row.status, 1)),
+        }
     }
-    let parts: Vec<String> = counts
-        .values()
+    totals(&counts)
+}
+
+/// One line from counts by status, in the order of a job's life.
+pub fn totals(counts: &[(Status, i64)]) -> String {
+    let total: i64 = counts.iter().map(|(_, count)| count).sum();
+    let parts: Vec<String> = Status::ALL
+        .iter()
+        .filter_map(|status| counts.iter().find(|(s, _)| s == status))
         .map(|(status, count)| format!("{count} {status}"))
         .collect();
-    let noun = if rows.len() == 1 { "job" } else { "jobs" };
-    format!("{} {noun}: {}", rows.len(), parts.join(", "))
+    let noun = if total == 1 { "job" } else { "jobs" };
+    format!("{total} {noun}: {}", parts.join(", "))
 }
 
 fn optional(value: Option<i64>) -> String {
