@@ -1,9 +1,8 @@
 //! MySQL 8 and MariaDB 10.6+. Three oddities live here. MySQL has no `UPDATE ... RETURNING`, so a
 //! claim selects `FOR UPDATE SKIP LOCKED` and updates the same rows in one transaction.
-//! Parameters are positional `?`, bound in the order they appear in the text, and lists travel
-//! as JSON arrays unpacked by `JSON_TABLE`. And InnoDB settles lock cycles by rolling back one
-//! side (error 1213), so every write here is retried a few times on a deadlock; sessions use
-//! READ COMMITTED, which drops the gap locks that cause most of them.
+//! Parameters are positional `?`, bound in the order they appear in the text. And InnoDB settles
+//! lock cycles by rolling back one side (error 1213), so every write here is retried a few times
+//! on a deadlock; sessions use READ COMMITTED, which drops the gap locks that cause most of them.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,8 +15,8 @@ use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, inserts, json_ids,
-    micros, probe, text_rows,
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, inserts, micros,
+    probe, text_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -28,9 +27,23 @@ use crate::job::{
 const STILL_DEAD: &str =
     "COALESCE(heartbeat_at, started_at, queued_at) < NOW(6) - INTERVAL ? MICROSECOND";
 
-/// `id IN` a bound JSON array of ids.
-const IN_IDS: &str =
-    "id IN (SELECT id FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS ids)";
+/// `id IN (?, ?, …)` for `count` ids. A list of placeholders rather than a JSON_TABLE
+/// subquery: MariaDB runs `UPDATE … WHERE id IN (subquery)` as a scan of the whole table, locking
+/// every row on the way.
+fn in_ids(count: usize) -> String {
+    format!("id IN ({})", vec!["?"; count.max(1)].join(", "))
+}
+
+/// Binds `ids` in order, for [`in_ids`].
+fn bind_ids<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, MySql, O, MySqlArguments>,
+    ids: &'q [i64],
+) -> sqlx::query::QueryAs<'q, MySql, O, MySqlArguments> {
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query
+}
 
 /// How many times a write that lost a deadlock is tried in all.
 const DEADLOCK_TRIES: u32 = 5;
@@ -78,14 +91,16 @@ impl MySqlStore {
             return Ok(jobs);
         }
         let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
-        sqlx::query(&format!(
+        let sql = format!(
             "UPDATE jobs SET status = 'QUEUED', queued_at = NOW(6), heartbeat_at = NULL, worker = ? \
-             WHERE {IN_IDS}"
-        ))
-        .bind(worker)
-        .bind(json_ids(&ids))
-        .execute(&mut *tx)
-        .await?;
+             WHERE {}",
+            in_ids(ids.len())
+        );
+        let mut update = sqlx::query(&sql).bind(worker);
+        for id in &ids {
+            update = update.bind(*id);
+        }
+        update.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(jobs)
     }
@@ -285,12 +300,21 @@ impl Store for MySqlStore {
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
         let sql = format!(
-            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status IN ('QUEUED', 'PAUSED') AND worker = ? AND {IN_IDS}"
+            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status IN ('QUEUED', 'PAUSED') AND worker = ? AND {}",
+            in_ids(ids.len())
         );
-        let ids = json_ids(ids);
-        self.write(|| sqlx::query(&sql).bind(worker).bind(&ids))
-            .await
+        self.write(|| {
+            let mut touch = sqlx::query(&sql).bind(worker);
+            for id in ids {
+                touch = touch.bind(*id);
+            }
+            touch
+        })
+        .await
     }
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
@@ -350,13 +374,14 @@ impl Store for MySqlStore {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT id FROM jobs WHERE {IN_IDS} AND (status NOT IN ('RUNNING', 'PAUSED') OR NOT (worker <=> ?))"
+            "SELECT id FROM jobs WHERE {} AND (status NOT IN ('RUNNING', 'PAUSED') OR NOT (worker <=> ?))",
+            in_ids(running.len())
         );
-        sqlx::query_scalar(&sql)
-            .bind(json_ids(running))
+        let lost: Vec<(i64,)> = bind_ids(sqlx::query_as(&sql), running)
             .bind(worker)
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        Ok(lost.into_iter().map(|(id,)| id).collect())
     }
 
     async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>> {
@@ -468,14 +493,15 @@ impl Store for MySqlStore {
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
+        let only = if ids.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", in_ids(ids.len()))
+        };
         let sql = format!(
-            "SELECT * FROM (SELECT {ROW} FROM jobs WHERE ? = '[]' OR {IN_IDS} \
-             ORDER BY id DESC LIMIT ?) newest ORDER BY id"
+            "SELECT * FROM (SELECT {ROW} FROM jobs {only} ORDER BY id DESC LIMIT ?) newest ORDER BY id"
         );
-        let ids = json_ids(ids);
-        sqlx::query_as(&sql)
-            .bind(&ids)
-            .bind(&ids)
+        bind_ids(sqlx::query_as(&sql), ids)
             .bind(limit)
             .fetch_all(&self.pool)
             .await
