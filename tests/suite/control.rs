@@ -29,6 +29,16 @@ async fn control(db: &TestDb, id: i64, request: &str) {
     assert_eq!(touched, 1);
 }
 
+/// Inserts a job due in an hour, as a user would, and returns its id.
+async fn insert_delayed(db: &TestDb) -> i64 {
+    let sql = format!(
+        "INSERT INTO jobs (sleep, run_at) VALUES (1, {})",
+        db.now_plus(3600)
+    );
+    db.exec(&sql).await.expect("insert");
+    db.all_rows().await[0].id
+}
+
 async fn row(db: &TestDb, id: i64) -> JobRow {
     let store = db.store().await;
     db.rows(&store, &[id]).await.remove(0)
@@ -134,13 +144,7 @@ async fn a_running_job_terminated_is_cancelled_and_frees_its_slot(db: TestDb) {
 
 async fn a_delayed_job_terminated_is_cancelled_without_starting(db: TestDb) {
     let replica = Replica::start(&db, db.config(), Handlers::default()).await;
-    db.exec(&format!(
-        "INSERT INTO jobs (sleep, run_at) VALUES (1, {})",
-        db.now_plus(3600)
-    ))
-    .await
-    .expect("insert");
-    let id = db.all_rows().await[0].id;
+    let id = insert_delayed(&db).await;
     control(&db, id, "terminate").await;
     let cancelled = until(&db, id, Status::Cancelled, Duration::from_secs(3)).await;
     replica.shutdown().await;
@@ -153,13 +157,7 @@ async fn a_delayed_job_terminated_is_cancelled_without_starting(db: TestDb) {
 
 async fn a_waiting_job_pauses_and_resumes_to_new(db: TestDb) {
     let replica = Replica::start(&db, db.config(), Handlers::default()).await;
-    db.exec(&format!(
-        "INSERT INTO jobs (sleep, run_at) VALUES (1, {})",
-        db.now_plus(3600)
-    ))
-    .await
-    .expect("insert");
-    let id = db.all_rows().await[0].id;
+    let id = insert_delayed(&db).await;
     control(&db, id, "pause").await;
     let paused = until(&db, id, Status::Paused, Duration::from_secs(3)).await;
     assert_eq!((paused.started_at, paused.control.clone()), (None, None));
