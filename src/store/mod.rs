@@ -55,7 +55,8 @@ pub trait Store: Send + Sync + 'static {
     /// terminated), so the task should stop.
     async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool>;
 
-    /// RUNNING by `worker` → PAUSED, clearing the request; its task then waits.
+    /// RUNNING by `worker` → PAUSED, clearing the request; its task then waits. Only the request
+    /// carried out is cleared: a terminate written meanwhile must stay.
     async fn pause(&self, id: i64, worker: &str) -> Result<bool>;
 
     /// PAUSED by `worker` → RUNNING, clearing the request; the dead-clock starts again.
@@ -310,6 +311,42 @@ where
             insert
         })
         .collect()
+}
+
+/// The dialect's spellings an export query needs: identifier quote, text type, and the two
+/// placeholders of a day's bounds.
+struct ExportDialect {
+    quote: char,
+    text: &'static str,
+    from: &'static str,
+    until: &'static str,
+}
+
+/// `SELECT` the `columns` of `table` as text for rows whose `date_column` lies between the two
+/// bound placeholders, in date order. Every name was checked by [`is_identifier`] or read from
+/// the catalog.
+fn export_sql(
+    table: &str,
+    date_column: &str,
+    columns: &[String],
+    dialect: &ExportDialect,
+) -> String {
+    let ExportDialect {
+        quote: q,
+        text,
+        from,
+        until,
+    } = dialect;
+    let fields: Vec<String> = columns
+        .iter()
+        .map(|c| format!("CAST({q}{c}{q} AS {text})"))
+        .collect();
+    let first = columns.first().map(String::as_str).unwrap_or(date_column);
+    format!(
+        "SELECT {} FROM {q}{table}{q} WHERE {q}{date_column}{q} >= {from} AND {q}{date_column}{q} < {until} \
+         ORDER BY {q}{date_column}{q}, {q}{first}{q}",
+        fields.join(", ")
+    )
 }
 
 /// Each row as text fields, in column order.

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{status_counts, with_database};
+use super::{ExportDialect, export_sql, status_counts, with_database};
 use crate::job::Status;
 use async_trait::async_trait;
 use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
@@ -47,6 +47,14 @@ fn bind_ids<'q, O>(
 
 /// How many times a write that lost a deadlock is tried in all.
 const DEADLOCK_TRIES: u32 = 5;
+
+/// `CHAR` is MySQL's text cast; backquoted names.
+const EXPORT: ExportDialect = ExportDialect {
+    quote: '`',
+    text: "CHAR",
+    from: "?",
+    until: "?",
+};
 
 pub struct MySqlStore {
     pool: MySqlPool,
@@ -167,6 +175,28 @@ fn is_deadlock(error: &sqlx::Error) -> bool {
     }
 }
 
+impl MySqlStore {
+    /// [`Store::pause`] and [`Store::resume`]; the text holds only the enums' own spellings.
+    async fn hand_over(
+        &self,
+        id: i64,
+        worker: &str,
+        from: Status,
+        to: Status,
+        request: Control,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE jobs SET status = '{to}', heartbeat_at = NOW(6), \
+             control = CASE WHEN control = '{request}' THEN NULL ELSE control END \
+             WHERE id = ? AND status = '{from}' AND worker = ?"
+        );
+        let done = self
+            .write(|| sqlx::query(&sql).bind(id).bind(worker))
+            .await?;
+        Ok(done == 1)
+    }
+}
+
 #[async_trait]
 impl Store for MySqlStore {
     async fn migrate(&self) -> Result<()> {
@@ -225,34 +255,13 @@ impl Store for MySqlStore {
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
-        // Clears only the request it carries out: a terminate written meanwhile must stay.
-        let done = self
-            .write(|| {
-                sqlx::query(
-                    "UPDATE jobs SET status = 'PAUSED', heartbeat_at = NOW(6), \
-                     control = CASE WHEN control = 'pause' THEN NULL ELSE control END \
-                     WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-                )
-                .bind(id)
-                .bind(worker)
-            })
-            .await?;
-        Ok(done == 1)
+        self.hand_over(id, worker, Status::Running, Status::Paused, Control::Pause)
+            .await
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
-        let done = self
-            .write(|| {
-                sqlx::query(
-                    "UPDATE jobs SET status = 'RUNNING', heartbeat_at = NOW(6), \
-                     control = CASE WHEN control = 'resume' THEN NULL ELSE control END \
-                     WHERE id = ? AND status = 'PAUSED' AND worker = ?",
-                )
-                .bind(id)
-                .bind(worker)
-            })
-            .await?;
-        Ok(done == 1)
+        self.hand_over(id, worker, Status::Paused, Status::Running, Control::Resume)
+            .await
     }
 
     async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool> {
@@ -474,16 +483,7 @@ impl Store for MySqlStore {
         columns: &[String],
         day: chrono::NaiveDate,
     ) -> Result<Vec<TextRow>> {
-        let fields: Vec<String> = columns
-            .iter()
-            .map(|c| format!("CAST(`{c}` AS CHAR)"))
-            .collect();
-        let first = columns.first().map(String::as_str).unwrap_or(date_column);
-        let sql = format!(
-            "SELECT {} FROM `{table}` WHERE `{date_column}` >= ? AND `{date_column}` < ? \
-             ORDER BY `{date_column}`, `{first}`",
-            fields.join(", ")
-        );
+        let sql = export_sql(table, date_column, columns, &EXPORT);
         let rows = sqlx::query(&sql)
             .bind(day)
             .bind(day + chrono::Days::new(1))

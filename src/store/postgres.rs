@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{status_counts, with_database};
+use super::{ExportDialect, export_sql, status_counts, with_database};
 use crate::job::Status;
 use async_trait::async_trait;
 use sqlx::PgPool;
@@ -30,6 +30,14 @@ const CONTROL_CHANNEL: &str = "jobsd_control";
 const STILL_DEAD: &str =
     "COALESCE(heartbeat_at, started_at, queued_at) < now() - $3 * interval '1 microsecond'";
 
+/// Text casts and `$n` bounds.
+const EXPORT: ExportDialect = ExportDialect {
+    quote: '"',
+    text: "TEXT",
+    from: "$1",
+    until: "$2",
+};
+
 pub struct PostgresStore {
     pool: PgPool,
 }
@@ -44,6 +52,30 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         Ok(PostgresStore { pool })
+    }
+}
+
+impl PostgresStore {
+    /// [`Store::pause`] and [`Store::resume`]; the text holds only the enums' own spellings.
+    async fn hand_over(
+        &self,
+        id: i64,
+        worker: &str,
+        from: Status,
+        to: Status,
+        request: Control,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE jobs SET status = '{to}', heartbeat_at = now(), \
+             control = CASE WHEN control = '{request}' THEN NULL ELSE control END \
+             WHERE id = $1 AND status = '{from}' AND worker = $2"
+        );
+        let done = sqlx::query(&sql)
+            .bind(id)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
 
@@ -115,30 +147,13 @@ impl Store for PostgresStore {
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
-        // Clears only the request it carries out: a terminate written meanwhile must stay.
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'PAUSED', heartbeat_at = now(), \
-             control = CASE WHEN control = 'pause' THEN NULL ELSE control END \
-             WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
-        )
-        .bind(id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.hand_over(id, worker, Status::Running, Status::Paused, Control::Pause)
+            .await
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'RUNNING', heartbeat_at = now(), \
-             control = CASE WHEN control = 'resume' THEN NULL ELSE control END \
-             WHERE id = $1 AND status = 'PAUSED' AND worker = $2",
-        )
-        .bind(id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.hand_over(id, worker, Status::Paused, Status::Running, Control::Resume)
+            .await
     }
 
     async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool> {
@@ -370,16 +385,7 @@ impl Store for PostgresStore {
         columns: &[String],
         day: chrono::NaiveDate,
     ) -> Result<Vec<TextRow>> {
-        let fields: Vec<String> = columns
-            .iter()
-            .map(|c| format!("CAST(\"{c}\" AS TEXT)"))
-            .collect();
-        let first = columns.first().map(String::as_str).unwrap_or(date_column);
-        let sql = format!(
-            "SELECT {} FROM \"{table}\" WHERE \"{date_column}\" >= $1 AND \"{date_column}\" < $2 \
-             ORDER BY \"{date_column}\", \"{first}\"",
-            fields.join(", ")
-        );
+        let sql = export_sql(table, date_column, columns, &EXPORT);
         let rows = sqlx::query(&sql)
             .bind(day)
             .bind(day + chrono::Days::new(1))
