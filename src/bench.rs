@@ -2,10 +2,13 @@
 //! a scratch database it creates beside the given one and drops afterwards. The daemon runs as
 //! a child process (`jobsd run`), so its resident set is its own.
 //!
-//! - W1 drain: `jobs` no-op jobs inserted first, then the daemon started with the limiter off;
-//!   jobs/s from its start until all are finished, and database statements per job.
-//! - W2 pickup: 200 single-row INSERTs 20 ms apart; percentiles of `started_at - created_at`.
-//! - W3 rate: 1000 jobs at the default limit of 50/s; the achieved rate and the busiest second.
+//! - W1 drain: `jobs` no-op jobs inserted first, then the daemon started with the limiter off
+//!   and `consumers` slots; jobs/s from its start until all are finished, and database
+//!   statements per job (the daemon's, counted by the server; not on SQLite).
+//! - W2 pickup: 200 single-row INSERTs 20 ms apart, default settings with the limiter off;
+//!   percentiles of `started_at - created_at`.
+//! - W3 rate: 50 jobs a second of `rate_for` at the default limit of 50/s; the achieved rate
+//!   and the busiest second.
 //! - W4 memory: the daemon's peak resident set during W1, and its resident set when idle after.
 //! - W5 scale: W1 again with `history` finished rows already in the table.
 
@@ -25,9 +28,18 @@ use crate::store::{self, Store};
 /// How often the bench looks whether the jobs are finished.
 const WATCH: Duration = Duration::from_millis(20);
 
+/// Consumers for the drains: a no-op job ends as soon as it starts, so slots are cheap and
+/// more of them make bigger claims.
+pub const DRAIN_CONSUMERS: u32 = 500;
+
+/// The default limit W3 checks, in starts per second.
+const RATE: u32 = 50;
+
 pub struct Options {
     pub jobs: u32,
     pub history: u32,
+    pub consumers: u32,
+    pub rate_for: Duration,
 }
 
 /// What the bench measured; printed as a table and as one JSON line.
@@ -35,6 +47,7 @@ pub struct Options {
 pub struct Report {
     pub database: String,
     pub jobs: u32,
+    pub consumers: u32,
     pub w1_jobs_per_second: f64,
     pub w1_statements_per_job: Option<f64>,
     pub w2_pickup_ms_p50: f64,
@@ -67,16 +80,21 @@ pub async fn run(url: &str, options: &Options) -> anyhow::Result<Report> {
 }
 
 async fn workloads(url: &str, options: &Options) -> anyhow::Result<Report> {
-    let store = store::connect(url, 4).await?;
+    // One connection, so that its own statements are counted when the bench reads the count.
+    let store = store::connect(url, 1).await?;
     store.migrate().await?;
     let health = std::env::temp_dir().join(format!("jobsd-bench-{}.health", std::process::id()));
-    let daemon = |rate: u32| spawn(url, rate, &health);
+    let daemon = |rate: u32, consumers: Option<u32>| spawn(url, rate, consumers, &health);
+    let drainer = || daemon(0, Some(options.consumers));
 
-    eprintln!("W1: draining {} jobs", options.jobs);
-    let (w1, w1_statements, peak, idle) = drain(&store, options.jobs, &daemon).await?;
+    eprintln!(
+        "W1: draining {} jobs with {} consumers",
+        options.jobs, options.consumers
+    );
+    let (w1, w1_statements, peak, idle) = drain(&store, options.jobs, &drainer).await?;
 
     eprintln!("W2: 200 single inserts, 20 ms apart");
-    let mut child = daemon(0)?;
+    let mut child = daemon(0, None)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut ids = Vec::new();
     for _ in 0..200 {
@@ -98,13 +116,16 @@ async fn workloads(url: &str, options: &Options) -> anyhow::Result<Report> {
         .collect();
     pickups.sort_by(f64::total_cmp);
 
-    eprintln!("W3: 1000 jobs at 50 starts/s");
-    store.insert_many(1000, 0, false).await?;
-    let mut child = daemon(50)?;
+    let rate_jobs = u32::try_from(u128::from(RATE) * options.rate_for.as_millis() / 1000)
+        .unwrap_or(u32::MAX)
+        .max(2);
+    eprintln!("W3: {rate_jobs} jobs at {RATE} starts/s");
+    store.insert_many(rate_jobs, 0, false).await?;
+    let mut child = daemon(RATE, None)?;
     until_finished(&store, &mut child).await?;
     stop(child).await?;
     let starts: Vec<_> = store
-        .rows(&[], 1000)
+        .rows(&[], rate_jobs)
         .await?
         .iter()
         .filter_map(|row| row.started_at)
@@ -119,11 +140,12 @@ async fn workloads(url: &str, options: &Options) -> anyhow::Result<Report> {
 
     eprintln!("W5: {} finished rows, then W1 again", options.history);
     store.insert_many(options.history, 0, true).await?;
-    let (w5, _, _, _) = drain(&store, options.jobs, &daemon).await?;
+    let (w5, _, _, _) = drain(&store, options.jobs, &drainer).await?;
 
     Ok(Report {
         database: String::new(),
         jobs: options.jobs,
+        consumers: options.consumers,
         w1_jobs_per_second: w1,
         w1_statements_per_job: w1_statements,
         w2_pickup_ms_p50: percentile(&pickups, 50.0),
@@ -143,29 +165,37 @@ async fn workloads(url: &str, options: &Options) -> anyhow::Result<Report> {
 async fn drain(
     store: &Arc<dyn Store>,
     jobs: u32,
-    daemon: &impl Fn(u32) -> anyhow::Result<Child>,
+    daemon: &impl Fn() -> anyhow::Result<Child>,
 ) -> anyhow::Result<(f64, Option<f64>, f64, f64)> {
     store.insert_many(jobs, 0, false).await?;
     let before = store.statements().await?;
     let started = Instant::now();
-    let mut child = daemon(0)?;
-    until_finished(store, &mut child).await?;
+    let mut child = daemon()?;
+    let polls = until_finished(store, &mut child).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let after = store.statements().await?;
     let pid = child.id().context("daemon pid")?;
     let peak = memory(pid, "VmHWM")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = memory(pid, "VmRSS")?;
+    // The daemon's database sessions report their counts as they end.
     stop(child).await?;
-    let statements = before
-        .zip(after)
-        .map(|(before, after)| after.saturating_sub(before) as f64 / f64::from(jobs.max(1)));
+    let after = store.statements().await?;
+    // Less the bench's own: its polls, and the two statements of each count it reads.
+    let own = polls + 2;
+    let statements = before.zip(after).map(|(before, after)| {
+        after.saturating_sub(before).saturating_sub(own) as f64 / f64::from(jobs.max(1))
+    });
     Ok((f64::from(jobs) / seconds, statements, peak, idle))
 }
 
-fn spawn(url: &str, rate: u32, health: &PathBuf) -> anyhow::Result<Child> {
+/// `jobsd run` on `url` at `rate` starts/s, with `consumers` or the default.
+fn spawn(url: &str, rate: u32, consumers: Option<u32>, health: &PathBuf) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("the jobsd executable")?;
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(consumers) = consumers {
+        command.env("JOBSD_CONSUMERS", consumers.to_string());
+    }
+    command
         .args(["run", "--no-migrate"])
         .env("DATABASE_URL", url)
         .env("JOBSD_RATE_PER_SECOND", rate.to_string())
@@ -178,12 +208,15 @@ fn spawn(url: &str, rate: u32, health: &PathBuf) -> anyhow::Result<Child> {
         .context("starting jobsd run")
 }
 
-/// Waits until no job is left unfinished, or fails if the daemon exits first.
-async fn until_finished(store: &Arc<dyn Store>, child: &mut Child) -> anyhow::Result<()> {
+/// Waits until no job is left unfinished, or fails if the daemon exits first. Returns how
+/// many times it looked.
+async fn until_finished(store: &Arc<dyn Store>, child: &mut Child) -> anyhow::Result<u64> {
+    let mut polls = 0;
     loop {
         let counts = store.counts().await?;
+        polls += 1;
         if counts.iter().all(|(status, _)| status.is_terminal()) {
-            return Ok(());
+            return Ok(polls);
         }
         if let Some(exit) = child.try_wait()? {
             anyhow::bail!("jobsd run exited during the bench: {exit}");
@@ -233,7 +266,10 @@ pub fn render(report: &Report) -> String {
         .map(|s| format!(", {s:.2} statements/job"))
         .unwrap_or_default();
     table.add_row([
-        format!("W1 drain {} jobs", report.jobs),
+        format!(
+            "W1 drain {} jobs, {} consumers",
+            report.jobs, report.consumers
+        ),
         format!("{:.0} jobs/s{statements}", report.w1_jobs_per_second),
     ]);
     table.add_row([
@@ -244,7 +280,7 @@ pub fn render(report: &Report) -> String {
         ),
     ]);
     table.add_row([
-        "W3 rate limit 50/s".to_owned(),
+        format!("W3 rate limit {RATE}/s"),
         format!(
             "{:.2} starts/s, busiest second {}",
             report.w3_starts_per_second, report.w3_busiest_second

@@ -20,15 +20,14 @@ use crate::job::{ClaimedJob, Outcome, backoff};
 use crate::publisher::Claimed;
 use crate::replica::Replica;
 
-/// How many times a finished job's outcome is offered to a database that does not answer.
-const RECORD_TRIES: u32 = 8;
-
 pub(crate) struct Pool {
     pub replica: Arc<Replica>,
     pub handlers: Handlers,
     /// `None` when `rate_per_second` is 0.
     pub limiter: Option<DefaultDirectRateLimiter>,
     pub retry_backoff: Duration,
+    /// Where a finished job's outcome goes to be written.
+    pub completer: mpsc::Sender<(i64, Outcome)>,
 }
 
 /// How a job's task ended.
@@ -95,38 +94,71 @@ impl Pool {
     }
 
     async fn run_job(&self, claimed: Claimed) {
-        let Claimed { job, slot, wires } = claimed;
+        let Claimed {
+            job,
+            slot,
+            wires,
+            started,
+        } = claimed;
         let (id, replica) = (job.id, &self.replica);
-        match replica.store.mark_started(id, &replica.worker).await {
-            Ok(true) => {
-                replica.held.set(id, State::Running);
-                match self.execute(job, slot, &wires).await {
-                    Run::Ended(outcome) => self.record(id, &outcome).await,
-                    Run::Lost => {
-                        tracing::info!(job = id, "task stopped: the job was cancelled or handed on")
+        let started = started || self.start(id).await;
+        if started {
+            replica.held.set(id, State::Running);
+            let (run, slot) = self.execute(job, slot, &wires).await;
+            match run {
+                Run::Ended(outcome) => {
+                    // The row stays RUNNING and ours until the completer writes the outcome;
+                    // nothing this replica does with held jobs concerns it meanwhile. The slot
+                    // is kept until the completer takes the outcome: if it falls behind, claims
+                    // wait rather than pile up finished jobs in memory.
+                    replica.held.remove(id);
+                    if self.completer.send((id, outcome)).await.is_err() {
+                        tracing::error!(
+                            job = id,
+                            "the completer has stopped; the dead-job sweep will settle the job"
+                        );
                     }
-                    Run::Interrupted => {
-                        match replica.store.release(&replica.worker, Some(id)).await {
-                            Ok(_) => tracing::info!(job = id, "shutdown: job released"),
-                            Err(error) => {
-                                tracing::warn!(job = id, %error, "shutdown: could not release job")
-                            }
-                        }
-                    }
+                    drop(slot);
                 }
-            }
-            Ok(false) => tracing::debug!(job = id, "taken back before it started"),
-            Err(error) => {
-                tracing::warn!(job = id, %error, "could not start job; the dead-job sweep will requeue it")
+                Run::Lost => {
+                    tracing::info!(job = id, "task stopped: the job was cancelled or handed on")
+                }
+                Run::Interrupted => match replica.store.release(&replica.worker, Some(id)).await {
+                    Ok(_) => tracing::info!(job = id, "shutdown: job released"),
+                    Err(error) => {
+                        tracing::warn!(job = id, %error, "shutdown: could not release job")
+                    }
+                },
             }
         }
         replica.held.remove(id);
         replica.slot_freed();
     }
 
-    /// Runs the job's handler to an outcome; the slot is held by the run (and given back while
-    /// it is paused), and freed when this returns.
-    async fn execute(&self, job: ClaimedJob, slot: OwnedSemaphorePermit, wires: &Wires) -> Run {
+    /// Records the start of a job the claim left QUEUED; `false` if it is not to run here.
+    async fn start(&self, id: i64) -> bool {
+        let replica = &self.replica;
+        match replica.store.mark_started(id, &replica.worker).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::debug!(job = id, "taken back before it started");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(job = id, %error, "could not start job; the dead-job sweep will requeue it");
+                false
+            }
+        }
+    }
+
+    /// Runs the job's handler to an outcome. The slot is held by the run (and given back while
+    /// it is paused); it comes back with the outcome if the run still holds it.
+    async fn execute(
+        &self,
+        job: ClaimedJob,
+        slot: OwnedSemaphorePermit,
+        wires: &Wires,
+    ) -> (Run, Option<OwnedSemaphorePermit>) {
         let attempt = job.attempts + 1;
         let max_attempts = job.max_attempts;
         let Some(handler) = self.handlers.get(&job.kind) else {
@@ -135,26 +167,41 @@ impl Pool {
                 job.kind,
                 self.handlers.kinds().join(", ")
             );
-            return Run::Ended(Outcome::Failed { reason });
+            return (Run::Ended(Outcome::Failed { reason }), Some(slot));
         };
         let ctx = match JobContext::new(
             job,
             Arc::clone(&self.replica),
-            slot,
             wires.lost.clone(),
             wires.pause.clone(),
         ) {
             Ok(ctx) => ctx,
-            Err(Permanent(reason)) => return Run::Ended(Outcome::Failed { reason }),
+            Err(Permanent(reason)) => return (Run::Ended(Outcome::Failed { reason }), Some(slot)),
         };
+        ctx.swap_slot(Some(slot));
         let result = tokio::select! {
             biased;
-            () = wires.lost.cancelled() => return Run::Lost,
-            () = wires.interrupt.cancelled() => return Run::Interrupted,
-            result = AssertUnwindSafe(handler.run(&ctx)).catch_unwind() => result,
+            () = wires.lost.cancelled() => None,
+            () = wires.interrupt.cancelled() => Some(Err(())),
+            result = AssertUnwindSafe(handler.run(&ctx)).catch_unwind() => Some(Ok(result)),
         };
+        let run = match result {
+            None => Run::Lost,
+            Some(Err(())) => Run::Interrupted,
+            Some(Ok(result)) => Run::Ended(self.outcome(result, attempt, max_attempts)),
+        };
+        (run, ctx.swap_slot(None))
+    }
+
+    /// What a handler's result means for the row: done, failed for good, or retried later.
+    fn outcome(
+        &self,
+        result: std::thread::Result<anyhow::Result<()>>,
+        attempt: i32,
+        max_attempts: i32,
+    ) -> Outcome {
         let error = match result {
-            Ok(Ok(())) => return Run::Ended(Outcome::Done),
+            Ok(Ok(())) => return Outcome::Done,
             Ok(Err(error)) => error,
             Err(panic) => {
                 let message = panic
@@ -166,48 +213,14 @@ impl Pool {
             }
         };
         let reason = words(&error);
-        Run::Ended(if Permanent::is_in(&error) || attempt >= max_attempts {
+        if Permanent::is_in(&error) || attempt >= max_attempts {
             Outcome::Failed { reason }
         } else {
             Outcome::Retry {
                 backoff: backoff(self.retry_backoff, attempt),
                 reason: format!("{reason} (attempt {attempt} of {max_attempts}; will retry)"),
             }
-        })
-    }
-
-    /// Writes the outcome, retrying while the database does not answer: a job that finished must
-    /// not be cancelled as dead because of a short outage.
-    async fn record(&self, id: i64, outcome: &Outcome) {
-        let mut wait = Duration::from_millis(100);
-        let replica = &self.replica;
-        for _ in 0..RECORD_TRIES {
-            match replica.store.finish(id, &replica.worker, outcome).await {
-                Ok(true) => {
-                    match outcome {
-                        Outcome::Done => tracing::debug!(job = id, "done"),
-                        Outcome::Failed { reason } => tracing::warn!(job = id, "failed: {reason}"),
-                        Outcome::Retry { reason, backoff } => {
-                            tracing::warn!(job = id, retry_in = ?backoff, "failed: {reason}")
-                        }
-                    }
-                    return;
-                }
-                Ok(false) => {
-                    tracing::info!(job = id, "job was settled elsewhere before it finished");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(job = id, %error, retry_in = ?wait, "could not record outcome");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-            }
         }
-        tracing::error!(
-            job = id,
-            "outcome lost; the dead-job sweep will settle the job"
-        );
     }
 }
 

@@ -36,10 +36,10 @@ pub struct JobContext {
 
 impl JobContext {
     /// Builds the context, or says in words why the row's payload or progress cannot be used.
+    /// The run's slot comes with [`JobContext::swap_slot`].
     pub(crate) fn new(
         job: ClaimedJob,
         replica: Arc<Replica>,
-        slot: OwnedSemaphorePermit,
         lost: CancellationToken,
         pause: watch::Receiver<bool>,
     ) -> Result<Self, Permanent> {
@@ -58,7 +58,7 @@ impl JobContext {
             replica,
             lost,
             pause,
-            slot: Mutex::new(Some(slot)),
+            slot: Mutex::new(None),
         })
     }
 
@@ -214,7 +214,11 @@ impl JobContext {
         }
     }
 
-    fn swap_slot(&self, slot: Option<OwnedSemaphorePermit>) -> Option<OwnedSemaphorePermit> {
+    /// Puts `slot` in the run's hands and returns the one it held, if any.
+    pub(crate) fn swap_slot(
+        &self,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<OwnedSemaphorePermit> {
         let mut held = self
             .slot
             .lock()

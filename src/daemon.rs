@@ -1,6 +1,7 @@
 //! Wires the loops together and runs them until shutdown, then drains in two phases: stop
 //! claiming at once; give running jobs `shutdown_grace` to finish; then stop the rest and release
-//! them to NEW. Nothing is lost and nothing is cancelled by a shutdown.
+//! them to NEW; write the outcomes still waiting in the completer; release whatever is left.
+//! Nothing is lost and nothing is cancelled by a shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::canceller::Canceller;
+use crate::completer::{self, Completer};
 use crate::config::Config;
 use crate::consumer::{self, Pool};
 use crate::handlers::Handlers;
@@ -85,9 +87,11 @@ impl Daemon {
             );
             async move { store.watch(wakes, stop).await }
         });
+        let limiter = consumer::limiter(config.rate_per_second);
         let new_jobs = NewJobs {
             replica: Arc::clone(&replica),
             channel: claimed_tx,
+            start: limiter.is_none(),
         };
         let wake = Some(Arc::clone(&replica.wakes.new_jobs));
         loops.spawn(publisher::drive(
@@ -124,11 +128,19 @@ impl Daemon {
             wake,
             shutdown.clone(),
         ));
+        let (outcomes_tx, outcomes_rx) = mpsc::channel(completer::BATCH);
+        let completer = tokio::spawn(
+            Completer {
+                replica: Arc::clone(&replica),
+            }
+            .run(outcomes_rx),
+        );
         let pool = Arc::new(Pool {
             replica: Arc::clone(&replica),
             handlers: self.handlers.clone(),
-            limiter: consumer::limiter(config.rate_per_second),
+            limiter,
             retry_backoff: config.retry_backoff,
+            completer: outcomes_tx,
         });
         let dispatcher = tokio::spawn(pool.run(claimed_rx, shutdown.clone(), jobs.clone()));
 
@@ -155,6 +167,11 @@ impl Daemon {
             );
             replica.held.interrupt_all();
             jobs.wait().await;
+        }
+        // Every job task has ended, so the pool and its end of the outcome channel are gone:
+        // the completer writes what is left and stops. Only then is it safe to release.
+        if let Err(error) = completer.await {
+            tracing::error!(%error, "completer ended abnormally");
         }
         loops.close();
         loops.wait().await;

@@ -10,7 +10,8 @@
 //! - [`store`]: the one trait for every query, and a module per SQL dialect.
 //! - `publisher`: loops that poll the table. `new_jobs` claims work for free consumer slots;
 //!   `dead_jobs` finds jobs whose replica or handler went silent.
-//! - `consumer`: the rate-limited pool that starts claimed jobs and records how they end.
+//! - `consumer`: the rate-limited pool that starts claimed jobs and runs each to an outcome.
+//! - `completer`: writes those outcomes in batches.
 //! - `canceller`: settles dead jobs: requeue, retry or cancel.
 //! - `publisher::control`: carries out pause, resume and terminate requests.
 //! - [`handlers`]: job kinds by name, and the [`Handler`] trait to add your own.
@@ -21,6 +22,7 @@
 
 pub mod bench;
 mod canceller;
+mod completer;
 pub mod config;
 mod consumer;
 pub mod context;

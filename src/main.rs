@@ -84,6 +84,12 @@ enum Command {
         /// Finished rows already in the table for W5
         #[arg(long, default_value_t = 1_000_000)]
         history: u32,
+        /// Consumers of the daemon in W1 and W5 (no-op jobs want many)
+        #[arg(long, default_value_t = jobsd::bench::DRAIN_CONSUMERS)]
+        consumers: u32,
+        /// How long W3 runs the limiter at 50 starts/s
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        rate_for: std::time::Duration,
     },
     /// Ask for a job to pause at its next checkpoint (as `UPDATE jobs SET control = 'pause'`)
     Pause { id: i64 },
@@ -188,12 +194,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             };
             println!("{}", store.insert(&job).await?);
         }
-        Command::Bench { jobs, history } => {
-            let report = jobsd::bench::run(
-                &config.database_url,
-                &jobsd::bench::Options { jobs, history },
-            )
-            .await?;
+        Command::Bench {
+            jobs,
+            history,
+            consumers,
+            rate_for,
+        } => {
+            let options = jobsd::bench::Options {
+                jobs,
+                history,
+                consumers,
+                rate_for,
+            };
+            let report = jobsd::bench::run(&config.database_url, &options).await?;
             println!("{}", jobsd::bench::render(&report));
             println!("{}", serde_json::to_string(&report)?);
         }

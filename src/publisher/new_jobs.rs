@@ -18,11 +18,15 @@ pub(crate) struct Claimed {
     /// One of the pool's slots, held until the job's run ends.
     pub slot: OwnedSemaphorePermit,
     pub wires: Wires,
+    /// The claim started it already (no rate limit stands between claim and start).
+    pub started: bool,
 }
 
 pub(crate) struct NewJobs {
     pub replica: Arc<Replica>,
     pub channel: mpsc::Sender<Claimed>,
+    /// Claims start jobs in the same write: set when the replica has no rate limit.
+    pub start: bool,
 }
 
 impl Publisher for NewJobs {
@@ -39,7 +43,10 @@ impl Publisher for NewJobs {
             return Ok(false);
         }
         let wanted = u32::try_from(slots.len()).unwrap_or(u32::MAX);
-        let jobs = replica.store.claim(&replica.worker, wanted).await?;
+        let jobs = replica
+            .store
+            .claim(&replica.worker, wanted, self.start)
+            .await?;
         let full = jobs.len() == slots.len();
         replica.backlog.store(full, Ordering::Relaxed);
         for (job, slot) in jobs.into_iter().zip(slots) {
@@ -47,7 +54,12 @@ impl Publisher for NewJobs {
             let wires = replica.held.queued(id);
             if self
                 .channel
-                .send(Claimed { job, slot, wires })
+                .send(Claimed {
+                    job,
+                    slot,
+                    wires,
+                    started: self.start,
+                })
                 .await
                 .is_err()
             {

@@ -45,7 +45,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `limit` NEW jobs whose `run_at` has come, oldest first: QUEUED, `queued_at`,
     /// `worker`. Rows another replica is claiming at the same moment are skipped, not waited for.
-    async fn claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>>;
+    ///
+    /// With `start`, the same write also starts them (RUNNING, `started_at` = `queued_at`, one
+    /// more attempt): a replica without a rate limit starts what it claims at once, so the
+    /// start is true and one write per job is saved. `attempts` in the result is still the
+    /// count before this run.
+    async fn claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>>;
 
     /// QUEUED by `worker` → RUNNING, `started_at`, one more attempt.
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool>;
@@ -62,8 +67,11 @@ pub trait Store: Send + Sync + 'static {
     /// PAUSED by `worker` → RUNNING, clearing the request; the dead-clock starts again.
     async fn resume(&self, id: i64, worker: &str) -> Result<bool>;
 
-    /// RUNNING by `worker` → DONE, FAILED, or back to NEW for a retry.
-    async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool>;
+    /// Records the outcomes of jobs `worker` ran, all or none: RUNNING → DONE, FAILED, or back
+    /// to NEW for a retry. Returns the ids it changed; a job missing from them was settled
+    /// elsewhere first (cancelled as dead, terminated). One call writes a whole batch, so a busy
+    /// replica spends a statement or two on hundreds of jobs.
+    async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>>;
 
     /// Returns this worker's QUEUED and RUNNING jobs (or just job `id`) to NEW, keeping their
     /// progress and giving back the attempt of an interrupted run: a shutdown never costs a job
@@ -386,6 +394,36 @@ fn json_ids(ids: &[i64]) -> String {
 
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The SET of a claim: QUEUED, or with `start` RUNNING as well; `now` is the dialect's clock.
+fn claimed_as(start: bool, now: &str) -> String {
+    if start {
+        format!("status = 'RUNNING', started_at = {now}, attempts = attempts + 1")
+    } else {
+        "status = 'QUEUED'".to_owned()
+    }
+}
+
+/// What a claim returns: `attempts` counted before the run, whether or not the claim started it.
+fn before_run(mut jobs: Vec<ClaimedJob>, started: bool) -> Vec<ClaimedJob> {
+    // RETURNING keeps no order; start the oldest first.
+    jobs.sort_by_key(|job| job.id);
+    if started {
+        for job in &mut jobs {
+            job.attempts -= 1;
+        }
+    }
+    jobs
+}
+
+/// The ids of the jobs that ended DONE: they share one statement.
+fn done_ids(outcomes: &[(i64, Outcome)]) -> Vec<i64> {
+    outcomes
+        .iter()
+        .filter(|(_, outcome)| matches!(outcome, Outcome::Done))
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 /// The columns of [`ClaimedJob`], in every dialect.

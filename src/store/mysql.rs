@@ -15,8 +15,8 @@ use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, inserts, micros,
-    probe, text_rows,
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, claimed_as, done_ids,
+    inserts, micros, probe, text_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -88,7 +88,7 @@ impl MySqlStore {
         retry_deadlocks(|| async { Ok(build().execute(&self.pool).await?.rows_affected()) }).await
     }
 
-    async fn try_claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>> {
+    async fn try_claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>> {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "SELECT {CLAIMED} FROM jobs WHERE status = 'NEW' AND run_at <= NOW(6) \
@@ -100,8 +100,8 @@ impl MySqlStore {
         }
         let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
         let sql = format!(
-            "UPDATE jobs SET status = 'QUEUED', queued_at = NOW(6), heartbeat_at = NULL, worker = ? \
-             WHERE {}",
+            "UPDATE jobs SET {}, queued_at = NOW(6), heartbeat_at = NULL, worker = ? WHERE {}",
+            claimed_as(start, "NOW(6)"),
             in_ids(ids.len())
         );
         let mut update = sqlx::query(&sql).bind(worker);
@@ -110,7 +110,61 @@ impl MySqlStore {
         }
         update.execute(&mut *tx).await?;
         tx.commit().await?;
+        // The rows were read before the update: `attempts` is already the count before the run.
         Ok(jobs)
+    }
+
+    async fn try_finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
+        // MySQL has no UPDATE ... RETURNING: the rows still ours are locked first, and those are
+        // the ones the batch changes and reports.
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
+        let sql = format!(
+            "SELECT id FROM jobs WHERE {} AND status = 'RUNNING' AND worker = ? FOR UPDATE",
+            in_ids(ids.len())
+        );
+        let ours: Vec<(i64,)> = bind_ids(sqlx::query_as(&sql), &ids)
+            .bind(worker)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut ours: Vec<i64> = ours.into_iter().map(|(id,)| id).collect();
+        ours.sort_unstable();
+        let is_ours = |id: &i64| ours.binary_search(id).is_ok();
+        let done: Vec<i64> = done_ids(outcomes).into_iter().filter(is_ours).collect();
+        if !done.is_empty() {
+            let sql = format!(
+                "UPDATE jobs SET status = 'DONE', finished_at = NOW(6), last_error = NULL WHERE {}",
+                in_ids(done.len())
+            );
+            let mut update = sqlx::query(&sql);
+            for id in &done {
+                update = update.bind(*id);
+            }
+            update.execute(&mut *tx).await?;
+        }
+        for (id, outcome) in outcomes.iter().filter(|(id, _)| is_ours(id)) {
+            let query = match outcome {
+                Outcome::Done => continue,
+                Outcome::Failed { reason } => sqlx::query(
+                    "UPDATE jobs SET status = 'FAILED', finished_at = NOW(6), last_error = ? \
+                     WHERE id = ?",
+                )
+                .bind(reason),
+                Outcome::Retry { backoff, reason } => sqlx::query(
+                    "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
+                     last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                     WHERE id = ?",
+                )
+                .bind(micros(*backoff))
+                .bind(reason),
+            };
+            query.bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(ours)
     }
 }
 
@@ -221,8 +275,8 @@ impl Store for MySqlStore {
         Ok(i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX))
     }
 
-    async fn claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>> {
-        retry_deadlocks(|| self.try_claim(worker, limit)).await
+    async fn claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>> {
+        retry_deadlocks(|| self.try_claim(worker, limit, start)).await
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
@@ -264,31 +318,8 @@ impl Store for MySqlStore {
             .await
     }
 
-    async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool> {
-        let done = self
-            .write(|| {
-                let query = match outcome {
-                    Outcome::Done => sqlx::query(
-                        "UPDATE jobs SET status = 'DONE', finished_at = NOW(6), last_error = NULL \
-                         WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-                    ),
-                    Outcome::Failed { reason } => sqlx::query(
-                        "UPDATE jobs SET status = 'FAILED', finished_at = NOW(6), last_error = ? \
-                         WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-                    )
-                    .bind(reason),
-                    Outcome::Retry { backoff, reason } => sqlx::query(
-                        "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
-                         last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                         WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-                    )
-                    .bind(micros(*backoff))
-                    .bind(reason),
-                };
-                query.bind(id).bind(worker)
-            })
-            .await?;
-        Ok(done == 1)
+    async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
+        retry_deadlocks(|| self.try_finish(worker, outcomes)).await
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {

@@ -12,8 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, Wakes, column_list,
-    micros, probe, text_rows,
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, Wakes, before_run,
+    claimed_as, column_list, done_ids, micros, probe, text_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -104,21 +104,20 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>> {
+    async fn claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>> {
         let sql = format!(
-            "UPDATE jobs SET status = 'QUEUED', queued_at = now(), worker = $1, heartbeat_at = NULL \
+            "UPDATE jobs SET {}, queued_at = now(), worker = $1, heartbeat_at = NULL \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'NEW' AND run_at <= now() \
                           ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING {CLAIMED}"
+             RETURNING {CLAIMED}",
+            claimed_as(start, "now()")
         );
-        let mut jobs: Vec<ClaimedJob> = sqlx::query_as(&sql)
+        let jobs = sqlx::query_as(&sql)
             .bind(worker)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        // RETURNING keeps no order; start the oldest first.
-        jobs.sort_by_key(|job| job.id);
-        Ok(jobs)
+        Ok(before_run(jobs, start))
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
@@ -156,30 +155,54 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool> {
-        let sql = match outcome {
-            Outcome::Done => {
+    async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
+        // The DONE jobs in one statement, found by key; the rare failures one each, in the same
+        // transaction when there are any. (A single statement joined with arrays of outcomes
+        // was tried: its generic plan compares every row with every outcome.)
+        let done = done_ids(outcomes);
+        let finish_done = || {
+            sqlx::query_scalar(
                 "UPDATE jobs SET status = 'DONE', finished_at = now(), last_error = NULL \
-                 WHERE id = $1 AND status = 'RUNNING' AND worker = $2"
-            }
-            Outcome::Failed { .. } => {
-                "UPDATE jobs SET status = 'FAILED', finished_at = now(), last_error = $3 \
-                 WHERE id = $1 AND status = 'RUNNING' AND worker = $2"
-            }
-            Outcome::Retry { .. } => {
-                "UPDATE jobs SET status = 'NEW', run_at = now() + $3 * interval '1 microsecond', \
-                 last_error = $4, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = $1 AND status = 'RUNNING' AND worker = $2"
-            }
+                 WHERE id = ANY($1) AND status = 'RUNNING' AND worker = $2 RETURNING id",
+            )
+            .bind(&done)
+            .bind(worker)
         };
-        let query = sqlx::query(sql).bind(id).bind(worker);
-        let query = match outcome {
-            Outcome::Done => query,
-            Outcome::Failed { reason } => query.bind(reason),
-            Outcome::Retry { backoff, reason } => query.bind(micros(*backoff)).bind(reason),
+        if done.len() == outcomes.len() {
+            return finish_done().fetch_all(&self.pool).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut won: Vec<i64> = if done.is_empty() {
+            Vec::new()
+        } else {
+            finish_done().fetch_all(&mut *tx).await?
         };
-        let done = query.execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        for (id, outcome) in outcomes {
+            let query = match outcome {
+                Outcome::Done => continue,
+                Outcome::Failed { reason } => sqlx::query(
+                    "UPDATE jobs SET status = 'FAILED', finished_at = now(), last_error = $3 \
+                     WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(reason),
+                Outcome::Retry { backoff, reason } => sqlx::query(
+                    "UPDATE jobs SET status = 'NEW', run_at = now() + $3 * interval '1 microsecond', \
+                     last_error = $4, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                     WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(micros(*backoff))
+                .bind(reason),
+            };
+            if query.execute(&mut *tx).await?.rows_affected() == 1 {
+                won.push(*id);
+            }
+        }
+        tx.commit().await?;
+        Ok(won)
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
@@ -428,11 +451,17 @@ impl Store for PostgresStore {
     }
 
     async fn statements(&self) -> Result<Option<u64>> {
-        // Every statement jobsd sends runs in a transaction of its own or of a claim's.
+        // Every statement jobsd sends runs in a transaction of its own or of a claim's. A
+        // backend reports its counts when it exits or idles; this one's are made to count now
+        // (PostgreSQL 15 and later).
+        let mut connection = self.pool.acquire().await?;
+        let _ = sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut *connection)
+            .await;
         let commits: i64 = sqlx::query_scalar(
             "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *connection)
         .await?;
         Ok(u64::try_from(commits).ok())
     }

@@ -14,8 +14,8 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, inserts, json_ids,
-    probe, text_rows,
+    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, before_run,
+    claimed_as, done_ids, inserts, json_ids, probe, text_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -120,22 +120,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim(&self, worker: &str, limit: u32) -> Result<Vec<ClaimedJob>> {
+    async fn claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>> {
         let sql = format!(
-            "UPDATE jobs SET status = 'QUEUED', queued_at = ?1, worker = ?2, heartbeat_at = NULL \
+            "UPDATE jobs SET {}, queued_at = ?1, worker = ?2, heartbeat_at = NULL \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'NEW' AND run_at <= ?1 \
                           ORDER BY run_at, id LIMIT ?3) \
-             RETURNING {CLAIMED}"
+             RETURNING {CLAIMED}",
+            claimed_as(start, "?1")
         );
-        let mut jobs: Vec<ClaimedJob> = sqlx::query_as(&sql)
+        let jobs = sqlx::query_as(&sql)
             .bind(now())
             .bind(worker)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        // RETURNING keeps no order; start the oldest first.
-        jobs.sort_by_key(|job| job.id);
-        Ok(jobs)
+        Ok(before_run(jobs, start))
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
@@ -175,35 +174,53 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn finish(&self, id: i64, worker: &str, outcome: &Outcome) -> Result<bool> {
-        let query = match outcome {
-            Outcome::Done => sqlx::query(
+    async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
+        // One transaction, so one commit for the batch: the DONE jobs in one statement, the
+        // rare failures one each.
+        let at = now();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = done_ids(outcomes);
+        let mut won: Vec<i64> = if done.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
                 "UPDATE jobs SET status = 'DONE', finished_at = ?3, last_error = NULL \
-                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'RUNNING' AND worker = ?2 \
+                 RETURNING id",
             )
-            .bind(id)
+            .bind(json_ids(&done))
             .bind(worker)
-            .bind(now()),
-            Outcome::Failed { reason } => sqlx::query(
-                "UPDATE jobs SET status = 'FAILED', finished_at = ?3, last_error = ?4 \
-                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
-            )
-            .bind(id)
-            .bind(worker)
-            .bind(now())
-            .bind(reason),
-            Outcome::Retry { backoff, reason } => sqlx::query(
-                "UPDATE jobs SET status = 'NEW', run_at = ?3, last_error = ?4, worker = NULL, \
-                 queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
-            )
-            .bind(id)
-            .bind(worker)
-            .bind(after(*backoff))
-            .bind(reason),
+            .bind(&at)
+            .fetch_all(&mut *tx)
+            .await?
         };
-        let done = query.execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        for (id, outcome) in outcomes {
+            let query = match outcome {
+                Outcome::Done => continue,
+                Outcome::Failed { reason } => sqlx::query(
+                    "UPDATE jobs SET status = 'FAILED', finished_at = ?3, last_error = ?4 \
+                     WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(&at)
+                .bind(reason),
+                Outcome::Retry { backoff, reason } => sqlx::query(
+                    "UPDATE jobs SET status = 'NEW', run_at = ?3, last_error = ?4, worker = NULL, \
+                     queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+                     WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(after(*backoff))
+                .bind(reason),
+            };
+            if query.execute(&mut *tx).await?.rows_affected() == 1 {
+                won.push(*id);
+            }
+        }
+        tx.commit().await?;
+        Ok(won)
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {

@@ -271,7 +271,7 @@ async fn a_queued_job_paused_is_not_started_by_its_holder(db: TestDb) {
         .insert(&NewJob::sleep(1, Some(0)))
         .await
         .expect("insert");
-    assert_eq!(store.claim("w", 1).await.expect("claim").len(), 1);
+    assert_eq!(store.claim("w", 1, false).await.expect("claim").len(), 1);
     assert!(
         store
             .request(id, jobsd::job::Control::Pause)

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsd::job::{DeadJob, Outcome, Settlement};
+use jobsd::job::{Control, ControlAction, ControlRequest, DeadJob, Outcome, Settlement};
 use jobsd::{NewJob, Status};
 
 use crate::common::TestDb;
@@ -16,6 +16,8 @@ crate::on_every_backend!(
     migrations_run_concurrently_and_again,
     concurrent_claims_never_share_a_job,
     claim_takes_only_due_jobs_oldest_first,
+    a_claim_can_start_what_it_claims,
+    finish_writes_a_mixed_batch_and_names_the_winners,
     dead_jobs_settle_three_ways,
     finish_racing_cancel_has_exactly_one_winner,
     heartbeat_reports_a_job_taken_away,
@@ -114,7 +116,7 @@ async fn concurrent_claims_never_share_a_job(db: TestDb) {
             let worker = format!("replica-{replica}");
             let mut claimed = Vec::new();
             loop {
-                let batch = store.claim(&worker, 7).await.expect("claim");
+                let batch = store.claim(&worker, 7, false).await.expect("claim");
                 if batch.is_empty() {
                     return (worker, claimed);
                 }
@@ -161,12 +163,12 @@ async fn claim_takes_only_due_jobs_oldest_first(db: TestDb) {
                 .expect("insert"),
         );
     }
-    let first = store.claim("w", 3).await.expect("claim");
+    let first = store.claim("w", 3, false).await.expect("claim");
     assert_eq!(first.iter().map(|job| job.id).collect::<Vec<_>>(), due[..3]);
-    let rest = store.claim("w", 10).await.expect("claim");
+    let rest = store.claim("w", 10, false).await.expect("claim");
     assert_eq!(rest.iter().map(|job| job.id).collect::<Vec<_>>(), due[3..]);
     assert!(
-        store.claim("w", 10).await.expect("claim").is_empty(),
+        store.claim("w", 10, false).await.expect("claim").is_empty(),
         "the delayed job waits"
     );
     let delayed = &db.all_rows().await[0];
@@ -185,8 +187,8 @@ async fn dead_jobs_settle_three_ways(db: TestDb) {
         .expect("insert");
     let exhausted = store.insert(&NewJob::sleep(3, None)).await.expect("insert");
     let alive = store.insert(&NewJob::sleep(4, None)).await.expect("insert");
-    assert_eq!(store.claim("gone", 3).await.expect("claim").len(), 3);
-    assert_eq!(store.claim("here", 1).await.expect("claim").len(), 1);
+    assert_eq!(store.claim("gone", 3, false).await.expect("claim").len(), 3);
+    assert_eq!(store.claim("here", 1, false).await.expect("claim").len(), 1);
     for id in [retryable, exhausted] {
         assert!(store.mark_started(id, "gone").await.expect("start"));
     }
@@ -267,7 +269,7 @@ async fn finish_racing_cancel_has_exactly_one_winner(db: TestDb) {
     for n in 0..20 {
         ids.push(store.insert(&NewJob::sleep(n, None)).await.expect("insert"));
     }
-    assert_eq!(store.claim("w", 20).await.expect("claim").len(), 20);
+    assert_eq!(store.claim("w", 20, false).await.expect("claim").len(), 20);
     for id in &ids {
         assert!(store.mark_started(*id, "w").await.expect("start"));
     }
@@ -284,12 +286,13 @@ async fn finish_racing_cancel_has_exactly_one_winner(db: TestDb) {
             let cancel = Settlement::Cancel {
                 reason: "dead".into(),
             };
-            let finish = finisher.finish(job.id, "w", &Outcome::Done);
+            let outcome = [(job.id, Outcome::Done)];
+            let finish = finisher.finish("w", &outcome);
             let settle = canceller.settle_dead(&job, dead_after, &cancel);
             let (finished, cancelled) = tokio::join!(finish, settle);
             (
                 job.id,
-                finished.expect("finish"),
+                finished.expect("finish") == [job.id],
                 cancelled.expect("cancel"),
             )
         }));
@@ -318,7 +321,7 @@ async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
         .insert(&NewJob::sleep(1, Some(SECOND)))
         .await
         .expect("insert");
-    store.claim("w", 1).await.expect("claim");
+    store.claim("w", 1, false).await.expect("claim");
     assert!(store.mark_started(id, "w").await.expect("start"));
     assert!(
         !store.mark_started(id, "w").await.expect("start"),
@@ -356,7 +359,11 @@ async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
     );
     assert_eq!(store.lost("w", &[id]).await.expect("lost"), [id]);
     assert!(
-        !store.finish(id, "w", &Outcome::Done).await.expect("finish"),
+        store
+            .finish("w", &[(id, Outcome::Done)])
+            .await
+            .expect("finish")
+            .is_empty(),
         "terminal is final"
     );
     assert_eq!(db.rows(&store, &[id]).await[0].status, Status::Cancelled);
@@ -367,8 +374,8 @@ async fn release_gives_jobs_back_without_using_an_attempt(db: TestDb) {
     let running = store.insert(&NewJob::sleep(1, None)).await.expect("insert");
     let queued = store.insert(&NewJob::sleep(2, None)).await.expect("insert");
     let others = store.insert(&NewJob::sleep(3, None)).await.expect("insert");
-    store.claim("w", 2).await.expect("claim");
-    store.claim("other", 1).await.expect("claim");
+    store.claim("w", 2, false).await.expect("claim");
+    store.claim("other", 1, false).await.expect("claim");
     assert!(store.mark_started(running, "w").await.expect("start"));
     assert_eq!(store.release("w", None).await.expect("release"), 2);
     for row in db.rows(&store, &[running, queued]).await {
@@ -385,5 +392,147 @@ async fn release_gives_jobs_back_without_using_an_attempt(db: TestDb) {
         db.rows(&store, &[others]).await[0].status,
         Status::Queued,
         "others' jobs untouched"
+    );
+}
+
+async fn a_claim_can_start_what_it_claims(db: TestDb) {
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            store
+                .insert(&NewJob::sleep(n, Some(1)))
+                .await
+                .expect("insert"),
+        );
+    }
+    let claimed = store.claim("w", 2, true).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|job| job.id).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    assert!(
+        claimed.iter().all(|job| job.attempts == 0),
+        "attempts are counted before the run"
+    );
+    for row in db.rows(&store, &ids[..2]).await {
+        assert_eq!(
+            (row.status, row.attempts),
+            (Status::Running, 1),
+            "job {}",
+            row.id
+        );
+        assert_eq!(row.worker.as_deref(), Some("w"));
+        assert!(row.queued_at.is_some(), "job {}", row.id);
+        assert_eq!(
+            row.started_at, row.queued_at,
+            "claimed and started in one write"
+        );
+    }
+    assert!(
+        !store.mark_started(ids[0], "w").await.expect("start"),
+        "started once"
+    );
+    assert_eq!(db.rows(&store, &ids[2..]).await[0].status, Status::New);
+    // A release gives the attempt back, as for any started job.
+    assert_eq!(store.release("w", None).await.expect("release"), 2);
+    for row in db.rows(&store, &ids[..2]).await {
+        assert_eq!(
+            (row.status, row.attempts),
+            (Status::New, 0),
+            "job {}",
+            row.id
+        );
+    }
+}
+
+async fn finish_writes_a_mixed_batch_and_names_the_winners(db: TestDb) {
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let job = NewJob {
+            max_attempts: Some(3),
+            ..NewJob::sleep(n, Some(1))
+        };
+        ids.push(store.insert(&job).await.expect("insert"));
+    }
+    assert_eq!(store.claim("w", 4, true).await.expect("claim").len(), 4);
+    assert_eq!(store.claim("other", 1, true).await.expect("claim").len(), 1);
+    let (done, failed, retried, terminated, others) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
+    assert!(
+        store
+            .request(terminated, Control::Terminate)
+            .await
+            .expect("request")
+    );
+    let request = ControlRequest {
+        id: terminated,
+        status: Status::Running,
+        control: Control::Terminate,
+        worker: Some("w".into()),
+        silent: 0,
+    };
+    assert!(
+        store
+            .apply_control(&request, ControlAction::Terminate)
+            .await
+            .expect("terminate")
+    );
+    let outcomes = [
+        (done, Outcome::Done),
+        (
+            failed,
+            Outcome::Failed {
+                reason: "broken".into(),
+            },
+        ),
+        (
+            retried,
+            Outcome::Retry {
+                backoff: Duration::from_secs(60),
+                reason: "flaky".into(),
+            },
+        ),
+        (terminated, Outcome::Done),
+        (others, Outcome::Done),
+    ];
+    let mut won = store.finish("w", &outcomes).await.expect("finish");
+    won.sort_unstable();
+    assert_eq!(
+        won,
+        [done, failed, retried],
+        "only the jobs still ours change"
+    );
+
+    let rows = db.rows(&store, &ids).await;
+    let row = |id: i64| rows.iter().find(|row| row.id == id).expect("row");
+    assert_eq!(row(done).status, Status::Done);
+    assert!(row(done).finished_at.is_some() && row(done).last_error.is_none());
+    assert_eq!(row(failed).status, Status::Failed);
+    assert_eq!(row(failed).last_error.as_deref(), Some("broken"));
+    assert!(row(failed).finished_at.is_some());
+    let retry = row(retried);
+    assert_eq!(retry.status, Status::New);
+    assert_eq!(retry.last_error.as_deref(), Some("flaky"));
+    assert!(retry.worker.is_none() && retry.started_at.is_none() && retry.finished_at.is_none());
+    assert!(retry.run_at > retry.created_at + chrono::Duration::seconds(50));
+    assert_eq!(retry.attempts, 1, "the attempt used stays used");
+    assert_eq!(
+        row(terminated).status,
+        Status::Cancelled,
+        "terminal is final"
+    );
+    assert_eq!(
+        row(others).status,
+        Status::Running,
+        "others' jobs untouched"
+    );
+    assert!(
+        store
+            .finish("w", &outcomes)
+            .await
+            .expect("finish")
+            .is_empty(),
+        "a batch is written once"
     );
 }
