@@ -1,6 +1,6 @@
 //! Reliability with real processes: several `jobsd run` replicas on one database, killed with
-//! `kill -9`, restarted one by one under load, and restarted under the same worker prefix. Jobs
-//! go in with plain SQL, and every verdict is read back from the database: the rows themselves,
+//! `kill -9`, restarted one by one under load, restarted under the same worker prefix, and
+//! started together on an empty database. Jobs go in with plain SQL, and every verdict is read back from the database: the rows themselves,
 //! and a history of every status change that a trigger on `jobs` records, so that "ran once" and
 //! "finished once" are counted rather than assumed.
 
@@ -119,7 +119,7 @@ fn last_sign_of_life(row: &JobRow) -> chrono::DateTime<chrono::Utc> {
         .expect("a job that was held has a sign of life")
 }
 
-fn millis(duration: Duration) -> chrono::Duration {
+fn as_chrono(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).expect("a short duration")
 }
 
@@ -368,7 +368,7 @@ async fn a_replica_killed_mid_run_has_its_jobs_rescued_by_the_survivor(db: TestD
     // Survivor's jobs: long enough to fill its slots until the killed replica has claimed its
     // own and the rescue has happened.
     const SURVIVOR: [i64; 4] = [101, 102, 103, 104];
-    const HUNG: i64 = 1; // max_attempts 1: cancelled when rescued
+    const LONG: i64 = 1; // max_attempts 1: cancelled when rescued
     const RETRIED: i64 = 2; // max_attempts 2: runs again on the survivor
     const QUEUED: [i64; 3] = [3, 4, 5]; // wait on the killed replica's rate limiter
     record_history(&db).await;
@@ -406,7 +406,7 @@ async fn a_replica_killed_mid_run_has_its_jobs_rescued_by_the_survivor(db: TestD
     let mut doomed = launcher.start_with("a", &[("JOBSD_CONSUMERS", "5")]);
     doomed.ready(STARTUP).await;
     let mut jobs = vec![
-        Job::sleep(HUNG, 60_000),
+        Job::sleep(LONG, 60_000),
         Job::sleep(RETRIED, 5_000).attempts(2),
     ];
     jobs.extend(QUEUED.iter().map(|&n| Job::sleep(n, 300)));
@@ -415,7 +415,7 @@ async fn a_replica_killed_mid_run_has_its_jobs_rescued_by_the_survivor(db: TestD
     until(Duration::from_secs(10), async || {
         doomed.assert_running();
         let rows = by_object(rows(&store).await);
-        let running = [HUNG, RETRIED].iter().all(|n| {
+        let running = [LONG, RETRIED].iter().all(|n| {
             rows[n].status == Status::Running && from_prefix(rows[n].worker.as_deref(), "a")
         });
         let waiting = QUEUED.iter().any(|n| {
@@ -444,9 +444,9 @@ async fn a_replica_killed_mid_run_has_its_jobs_rescued_by_the_survivor(db: TestD
         of_doomed(Status::Queued),
         of_doomed(Status::Done),
     );
-    let doomed_worker = at_kill[&HUNG].worker.clone().expect("worker");
+    let doomed_worker = at_kill[&LONG].worker.clone().expect("worker");
     assert!(
-        running.contains(&HUNG) && running.contains(&RETRIED) && !queued.is_empty(),
+        running.contains(&LONG) && running.contains(&RETRIED) && !queued.is_empty(),
         "killed while running {running:?} and holding queued {queued:?}"
     );
     assert!(
@@ -509,7 +509,7 @@ async fn a_replica_killed_mid_run_has_its_jobs_rescued_by_the_survivor(db: TestD
             );
             let silent = cancelled - last_sign_of_life(row);
             assert!(
-                silent >= millis(DEAD_AFTER) && silent <= millis(rescue),
+                silent >= as_chrono(DEAD_AFTER) && silent <= as_chrono(rescue),
                 "cancelled after {silent} of silence; dead_after is {DEAD_AFTER:?}: {row:?}"
             );
             assert_eq!(changes(*n).len(), 3, "{:?}", changes(*n));
@@ -583,7 +583,7 @@ async fn a_replica_killed_mid_run_has_its_jobs_rescued_by_the_survivor(db: TestD
         waited_longest = waited_longest.max(waited);
     }
     assert!(
-        waited_longest > millis(DEAD_AFTER),
+        waited_longest > as_chrono(DEAD_AFTER),
         "one of the survivor's jobs waited QUEUED on its limiter longer than dead_after \
          ({waited_longest}) and was not taken for dead"
     );
@@ -667,7 +667,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_cancels_nothing(db: Test
                     && from_prefix(row.worker.as_deref(), &old.worker_id)
                     && row.started_at.zip(row.sleep).is_some_and(|(start, nanos)| {
                         start + chrono::Duration::nanoseconds(nanos)
-                            > now + millis(GRACE) + chrono::Duration::milliseconds(100)
+                            > now + as_chrono(GRACE) + chrono::Duration::milliseconds(100)
                     })
             });
             if outlasting {
@@ -758,7 +758,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_cancels_nothing(db: Test
 /// holds); those are rescued as dead, like any silent replica's.
 async fn a_restart_under_the_same_worker_prefix_never_adopts_the_old_runs_jobs(db: TestDb) {
     const DEAD_AFTER: Duration = Duration::from_secs(2);
-    const HUNG: i64 = 1; // max_attempts 1
+    const LONG: i64 = 1; // max_attempts 1: cancelled when rescued
     const RETRIED: i64 = 2; // max_attempts 2
     record_history(&db).await;
     let launcher = Launcher::new(
@@ -781,14 +781,14 @@ async fn a_restart_under_the_same_worker_prefix_never_adopts_the_old_runs_jobs(d
     insert(
         &sql,
         &[
-            Job::sleep(HUNG, 60_000),
+            Job::sleep(LONG, 60_000),
             Job::sleep(RETRIED, 3_000).attempts(2),
         ],
     )
     .await;
     let first_worker = until(Duration::from_secs(10), async || {
         let rows = by_object(rows(&store).await);
-        let running = [HUNG, RETRIED].map(|n| &rows[&n]);
+        let running = [LONG, RETRIED].map(|n| &rows[&n]);
         if running.iter().all(|row| row.status == Status::Running) {
             Ok(running[0].worker.clone().expect("worker"))
         } else {
@@ -816,12 +816,12 @@ async fn a_restart_under_the_same_worker_prefix_never_adopts_the_old_runs_jobs(d
     let mut third = launcher.start("pod");
     third.ready(STARTUP).await;
     insert(&sql, &[Job::sleep(4, 0)]).await;
-    // Until the old run's jobs are settled, the hung one may only have run on the killed
+    // Until the old run's jobs are settled, the long one may only have run on the killed
     // process, then be cancelled: handed back or started again, it would have been adopted.
-    let hung_id = by_object(rows(&store).await)[&HUNG].id;
+    let long_id = by_object(rows(&store).await)[&LONG].id;
     let mut expected = ran_once_by(&first_worker, "CANCELLED", 1);
     until(Duration::from_secs(30), async || {
-        let changes = history_on(&sql).await.remove(&hung_id).unwrap_or_default();
+        let changes = history_on(&sql).await.remove(&long_id).unwrap_or_default();
         let (so_far, last) = (changes.len().min(2), changes.get(2));
         assert!(
             changes.len() <= 3
@@ -863,23 +863,23 @@ async fn a_restart_under_the_same_worker_prefix_never_adopts_the_old_runs_jobs(d
     );
 
     let history = history(&db).await;
-    let hung = &rows[&HUNG];
+    let long = &rows[&LONG];
     assert_eq!(
-        (hung.status, hung.attempts, hung.worker.as_deref()),
+        (long.status, long.attempts, long.worker.as_deref()),
         (Status::Cancelled, 1, Some(first_worker.as_str())),
-        "the old run's job is cancelled as dead, never adopted: {hung:?}"
+        "the old run's job is cancelled as dead, never adopted: {long:?}"
     );
     assert!(
-        hung.last_error
+        long.last_error
             .as_deref()
             .is_some_and(|e| e.contains("no sign of life")),
-        "{hung:?}"
+        "{long:?}"
     );
-    let silent = hung.cancelled_at.expect("cancelled_at") - last_sign_of_life(hung);
-    assert!(silent >= millis(DEAD_AFTER), "cancelled after {silent}");
-    expected[2].last_error = hung.last_error.clone();
+    let silent = long.cancelled_at.expect("cancelled_at") - last_sign_of_life(long);
+    assert!(silent >= as_chrono(DEAD_AFTER), "cancelled after {silent}");
+    expected[2].last_error = long.last_error.clone();
     assert_eq!(
-        history[&hung.id], expected,
+        history[&long.id], expected,
         "neither later process handed it back or ran it"
     );
 
