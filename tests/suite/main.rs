@@ -5,4 +5,5 @@ mod common;
 mod control;
 mod daemon;
 mod files;
+mod reliability;
 mod store;
