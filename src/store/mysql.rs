@@ -30,6 +30,9 @@ const STILL_DEAD: &str =
 /// `id IN (?, ?, …)` for `count` ids. A list of placeholders rather than a JSON_TABLE
 /// subquery: MariaDB runs `UPDATE … WHERE id IN (subquery)` as a scan of the whole table, locking
 /// every row on the way.
+/// How long a replica waits for another's migrations before it gives up.
+const MIGRATION_WAIT: Duration = Duration::from_secs(120);
+
 fn in_ids(count: usize) -> String {
     format!("id IN ({})", vec!["?"; count.max(1)].join(", "))
 }
@@ -254,8 +257,27 @@ impl MySqlStore {
 #[async_trait]
 impl Store for MySqlStore {
     async fn migrate(&self) -> Result<()> {
-        // sqlx holds GET_LOCK for the whole run, so concurrent replicas take turns.
-        sqlx::migrate!("migrations/mysql").run(&self.pool).await?;
+        // Replicas starting together take turns under a named lock. sqlx's own asks for
+        // GET_LOCK(name, -1), which MariaDB refuses at once (NULL, warning 1411), so the lock is
+        // taken here, with a finite wait, on the connection that then runs the migrations.
+        let mut connection = self.pool.acquire().await?;
+        let locked: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('jobsd_migrate.', DATABASE()), ?)")
+                .bind(MIGRATION_WAIT.as_secs())
+                .fetch_one(&mut *connection)
+                .await?;
+        if locked != Some(1) {
+            return Err(sqlx::Error::Protocol(format!(
+                "another replica held the migration lock for over {MIGRATION_WAIT:?}"
+            )));
+        }
+        let mut migrator = sqlx::migrate!("migrations/mysql");
+        migrator.set_locking(false);
+        let applied = migrator.run_direct(&mut *connection).await;
+        sqlx::query("SELECT RELEASE_LOCK(CONCAT('jobsd_migrate.', DATABASE()))")
+            .execute(&mut *connection)
+            .await?;
+        applied?;
         Ok(())
     }
 

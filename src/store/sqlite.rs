@@ -22,6 +22,9 @@ use crate::job::{
     Settlement,
 };
 
+/// Attempts at the migrations while other processes apply them too.
+const MIGRATION_TRIES: u32 = 3;
+
 /// `?3` is the cutoff time: the row is still as silent as when it was found dead.
 const STILL_DEAD: &str = "COALESCE(heartbeat_at, started_at, queued_at) < ?3";
 
@@ -100,8 +103,21 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
-        Ok(())
+        // sqlx takes no lock on SQLite. Each migration runs in a transaction, so when processes
+        // starting together race, the loser's attempt fails whole ("table jobs already
+        // exists") and rolls back; the next attempt finds it applied.
+        let mut tries = 1;
+        loop {
+            match sqlx::migrate!("migrations/sqlite").run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(error) if tries < MIGRATION_TRIES => {
+                    tracing::debug!(%error, tries, "migrations raced another process; again");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     async fn insert(&self, job: &NewJob) -> Result<i64> {

@@ -26,6 +26,7 @@ crate::on_every_backend!(
     a_replica_killed_mid_run_has_its_jobs_rescued_by_the_survivor,
     a_rolling_restart_under_load_loses_nothing_and_cancels_nothing,
     a_restart_under_the_same_worker_prefix_never_adopts_the_old_runs_jobs,
+    replicas_starting_together_on_an_empty_database_all_come_up,
 );
 
 /// How long a process may take to start and make its first pass on a loaded machine.
@@ -1026,58 +1027,6 @@ async fn empty(db: &TestDb) {
             }
             drop(connection);
             pool.close().await;
-        }
-    }
-}
-
-/// Written out rather than through `on_every_backend!`, so that the backends where it fails can
-/// be marked as known failures.
-mod first_start {
-    use crate::common::{Backend, run};
-
-    const NAME: &str = "replicas_starting_together";
-
-    mod sqlite {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        #[ignore = "jobsd bug: on SQLite the migrations take no lock (sqlx's SQLite lock() does \
-                    nothing), so replicas starting together on a fresh file race and the losers \
-                    exit 1 with 'table jobs already exists'"]
-        async fn replicas_starting_together_on_an_empty_database_all_come_up() {
-            super::run(
-                super::Backend::Sqlite,
-                super::NAME,
-                super::super::replicas_starting_together_on_an_empty_database_all_come_up,
-            )
-            .await;
-        }
-    }
-
-    mod postgres {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn replicas_starting_together_on_an_empty_database_all_come_up() {
-            super::run(
-                super::Backend::Postgres,
-                super::NAME,
-                super::super::replicas_starting_together_on_an_empty_database_all_come_up,
-            )
-            .await;
-        }
-    }
-
-    mod mysql {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        #[ignore = "jobsd bug: on MariaDB the migrations take no lock (sqlx asks for \
-                    GET_LOCK(name, -1); MariaDB refuses the -1 timeout with warning 1411 and \
-                    returns NULL at once), so replicas starting together on an empty database \
-                    race and the losers exit 1 (duplicate _sqlx_migrations entry, or \
-                    'migration … is partially applied')"]
-        async fn replicas_starting_together_on_an_empty_database_all_come_up() {
-            super::run(
-                super::Backend::Mysql,
-                super::NAME,
-                super::super::replicas_starting_together_on_an_empty_database_all_come_up,
-            )
-            .await;
         }
     }
 }
