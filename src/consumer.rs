@@ -48,8 +48,9 @@ pub(crate) fn limiter(rate_per_second: u32) -> Option<DefaultDirectRateLimiter> 
 }
 
 impl Pool {
-    /// Starts jobs from `channel` until `stop`, then gives back what is still waiting in it.
-    /// Jobs run in `jobs`.
+    /// Starts jobs from `channel` until `stop`, then gives back what is still waiting in it,
+    /// except jobs whose claim started them: those are running as far as the table says, so
+    /// they run, under shutdown's grace like the rest. Jobs run in `jobs`.
     pub async fn run(
         self: Arc<Self>,
         mut channel: mpsc::Receiver<Claimed>,
@@ -80,7 +81,12 @@ impl Pool {
         }
         channel.close();
         while let Some(claimed) = channel.recv().await {
-            self.give_back(claimed).await;
+            if claimed.started {
+                let pool = Arc::clone(&self);
+                jobs.spawn(async move { pool.run_job(claimed).await });
+            } else {
+                self.give_back(claimed).await;
+            }
         }
     }
 

@@ -22,6 +22,9 @@ use crate::job::{
     Settlement,
 };
 
+/// The most connections a SQLite store opens.
+const MAX_CONNECTIONS: u32 = 4;
+
 /// Attempts at the migrations while other processes apply them too.
 const MIGRATION_TRIES: u32 = 3;
 
@@ -49,8 +52,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
         probe(&options).await?;
+        // One writer at a time: more connections would only wait for the lock, and each one
+        // costs a thread and a page cache.
         let pool = SqlitePoolOptions::new()
-            .max_connections(pool_size)
+            .max_connections(pool_size.min(MAX_CONNECTIONS))
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await?;
