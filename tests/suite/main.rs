@@ -1,9 +1,11 @@
 //! The integration suite: real databases, real processes. Every test makes its own database.
 
+mod bad_input;
 mod cli;
 mod common;
 mod control;
 mod daemon;
 mod files;
+mod outage;
 mod reliability;
 mod store;

@@ -24,6 +24,8 @@ pub struct Launcher {
     folder: Option<tempfile::TempDir>,
     /// Numbers the processes, so that two started with one worker prefix get their own files.
     started: AtomicUsize,
+    /// Arguments after `run`, such as `--no-migrate`.
+    args: Vec<String>,
 }
 
 /// One `jobsd run` process.
@@ -39,15 +41,27 @@ pub struct Jobsd {
 
 impl Launcher {
     pub fn new(db: &TestDb, settings: &[(&str, &str)]) -> Launcher {
+        Launcher::for_url(&db.url, settings)
+    }
+
+    /// Like [`new`](Self::new), for a database given by its URL alone.
+    pub fn for_url(database_url: &str, settings: &[(&str, &str)]) -> Launcher {
         Launcher {
-            database_url: db.url.clone(),
+            database_url: database_url.to_owned(),
             settings: settings
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
                 .collect(),
             folder: Some(tempfile::tempdir().expect("temporary folder")),
             started: AtomicUsize::new(0),
+            args: Vec::new(),
         }
+    }
+
+    /// Gives every process `args` after `run`.
+    pub fn with_args(mut self, args: &[&str]) -> Launcher {
+        self.args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        self
     }
 
     fn folder(&self) -> &Path {
@@ -78,6 +92,7 @@ impl Launcher {
         }
         command
             .arg("run")
+            .args(&self.args)
             .env("DATABASE_URL", &self.database_url)
             .env("RUST_LOG", "info,sqlx=warn")
             .env("JOBSD_WORKER_ID", worker_id)

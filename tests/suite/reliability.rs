@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::common::{Backend, TestDb};
 use processes::{Jobsd, Launcher};
 
-// The process helpers belong to this suite alone; main.rs registers only this module.
+// The process helpers serve the suites that run real processes; main.rs registers them here.
 #[path = "processes.rs"]
-mod processes;
+pub(crate) mod processes;
 
 crate::on_every_backend!(
     three_replicas_drain_ten_thousand_jobs_each_run_and_finished_once,
@@ -46,7 +46,7 @@ const MS: i64 = 1_000_000;
 // === Jobs as a user inserts them ===
 
 /// A `sleep` job; `object_id` names it in the test.
-struct Job {
+pub(crate) struct Job {
     object_id: i64,
     /// Nanoseconds; `None` hangs forever.
     sleep: Option<i64>,
@@ -54,7 +54,7 @@ struct Job {
 }
 
 impl Job {
-    fn sleep(object_id: i64, millis: i64) -> Job {
+    pub(crate) fn sleep(object_id: i64, millis: i64) -> Job {
         Job {
             object_id,
             sleep: Some(millis * MS),
@@ -71,7 +71,7 @@ impl Job {
 }
 
 /// Inserts `jobs` with one plain `INSERT … VALUES` statement, as a user at a SQL prompt would.
-async fn insert(pool: &AnyPool, jobs: &[Job]) {
+pub(crate) async fn insert(pool: &AnyPool, jobs: &[Job]) {
     let values: Vec<String> = jobs
         .iter()
         .map(|job| {
@@ -126,7 +126,10 @@ fn as_chrono(duration: Duration) -> chrono::Duration {
 
 /// Polls `check` until it returns `Ok`; after `limit`, panics with the last `Err`, which says
 /// what was still missing.
-async fn until<T>(limit: Duration, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
+pub(crate) async fn until<T>(
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
         match check().await {
@@ -138,7 +141,7 @@ async fn until<T>(limit: Duration, mut check: impl AsyncFnMut() -> Result<T, Str
 }
 
 /// Waits until no job is NEW, QUEUED, RUNNING or PAUSED, and returns the rows.
-async fn until_all_finished(store: &Arc<dyn Store>, limit: Duration) -> Vec<JobRow> {
+pub(crate) async fn until_all_finished(store: &Arc<dyn Store>, limit: Duration) -> Vec<JobRow> {
     until(limit, async || {
         let counts = store.counts().await.expect("counts");
         let open: Vec<_> = counts
@@ -159,16 +162,16 @@ async fn until_all_finished(store: &Arc<dyn Store>, limit: Duration) -> Vec<JobR
 
 /// One status change of one job, as the trigger saw the row after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Change {
-    from: String,
-    to: String,
-    worker: Option<String>,
-    attempts: i64,
-    last_error: Option<String>,
+pub(crate) struct Change {
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) worker: Option<String>,
+    pub(crate) attempts: i64,
+    pub(crate) last_error: Option<String>,
 }
 
 impl Change {
-    fn is(&self, from: &str, to: &str) -> bool {
+    pub(crate) fn is(&self, from: &str, to: &str) -> bool {
         self.from == from && self.to == to
     }
 }
@@ -176,7 +179,14 @@ impl Change {
 /// Adds a `job_history` table and a trigger that appends a row to it at every change of a job's
 /// status. It only observes: the daemon never reads it.
 async fn record_history(db: &TestDb) {
-    let statements: &[&str] = match db.backend {
+    let pool = db.sql().await;
+    record_history_on(db.backend, &pool).await;
+    pool.close().await;
+}
+
+/// [`record_history`] over a connection the caller holds.
+pub(crate) async fn record_history_on(backend: Backend, pool: &AnyPool) {
+    let statements: &[&str] = match backend {
         Backend::Postgres => &[
             "CREATE TABLE job_history (seq BIGSERIAL PRIMARY KEY, job_id BIGINT NOT NULL, \
              from_status TEXT NOT NULL, to_status TEXT NOT NULL, worker TEXT, \
@@ -211,14 +221,12 @@ async fn record_history(db: &TestDb) {
              VALUES (NEW.id, OLD.status, NEW.status, NEW.worker, NEW.attempts, NEW.last_error); END",
         ],
     };
-    let pool = db.sql().await;
     for statement in statements {
         sqlx::raw_sql(statement)
-            .execute(&pool)
+            .execute(pool)
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
-    pool.close().await;
 }
 
 /// Every job's status changes in order, by job id.
@@ -230,7 +238,7 @@ async fn history(db: &TestDb) -> BTreeMap<i64, Vec<Change>> {
 }
 
 /// [`history`] over a connection the caller keeps, for reading it again and again.
-async fn history_on(pool: &AnyPool) -> BTreeMap<i64, Vec<Change>> {
+pub(crate) async fn history_on(pool: &AnyPool) -> BTreeMap<i64, Vec<Change>> {
     // job_id, from_status, to_status, worker, attempts, last_error
     type Recorded = (i64, String, String, Option<String>, i64, Option<String>);
     let changes: Vec<Recorded> = sqlx::query_as(
