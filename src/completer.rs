@@ -18,9 +18,8 @@ use crate::replica::Replica;
 /// database's limits.
 pub(crate) const BATCH: usize = 1000;
 
-/// How many times a batch is offered to a database that does not answer: a job that finished
-/// must not be cancelled as dead because of a short outage.
-const TRIES: u32 = 8;
+/// The longest wait between tries while the database does not answer.
+const MAX_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Completer {
     pub replica: Arc<Replica>,
@@ -32,15 +31,21 @@ impl Completer {
         let mut batch = Vec::with_capacity(BATCH);
         while outcomes.recv_many(&mut batch, BATCH).await > 0 {
             self.record(&batch).await;
+            for (id, _) in &batch {
+                self.replica.held.finished(*id);
+            }
             batch.clear();
         }
         tracing::debug!("completer stopped");
     }
 
+    /// Writes a batch, trying again until the database answers: a job that finished must not
+    /// be run again, nor cancelled as dead, because of an outage. Meanwhile the dead-jobs pass
+    /// vouches for these jobs, and the pool claims nothing new once the channel is full.
     async fn record(&self, batch: &[(i64, Outcome)]) {
         let mut wait = Duration::from_millis(100);
         let replica = &self.replica;
-        for _ in 0..TRIES {
+        loop {
             match replica.store.finish(&replica.worker, batch).await {
                 Ok(mut won) => {
                     won.sort_unstable();
@@ -67,13 +72,9 @@ impl Completer {
                 Err(error) => {
                     tracing::warn!(jobs = batch.len(), %error, retry_in = ?wait, "could not record outcomes");
                     tokio::time::sleep(wait).await;
-                    wait *= 2;
+                    wait = (wait * 2).min(MAX_WAIT);
                 }
             }
         }
-        tracing::error!(
-            jobs = batch.len(),
-            "outcomes lost; the dead-job sweep will settle these jobs"
-        );
     }
 }

@@ -113,18 +113,21 @@ impl Pool {
             let (run, slot) = self.execute(job, slot, &wires).await;
             match run {
                 Run::Ended(outcome) => {
-                    // The row stays RUNNING and ours until the completer writes the outcome;
-                    // nothing this replica does with held jobs concerns it meanwhile. The slot
-                    // is kept until the completer takes the outcome: if it falls behind, claims
-                    // wait rather than pile up finished jobs in memory.
-                    replica.held.remove(id);
+                    // The row stays RUNNING and ours until the completer writes the outcome,
+                    // and lets go of it then. The slot is kept until the completer takes the
+                    // outcome: if it falls behind, claims wait rather than pile up finished
+                    // jobs in memory.
+                    replica.held.set(id, State::Finishing);
                     if self.completer.send((id, outcome)).await.is_err() {
+                        replica.held.remove(id);
                         tracing::error!(
                             job = id,
                             "the completer has stopped; the dead-job sweep will settle the job"
                         );
                     }
                     drop(slot);
+                    replica.slot_freed();
+                    return;
                 }
                 Run::Lost => {
                     tracing::info!(job = id, "task stopped: the job was cancelled or handed on")

@@ -169,8 +169,23 @@ impl Daemon {
             jobs.wait().await;
         }
         // Every job task has ended, so the pool and its end of the outcome channel are gone:
-        // the completer writes what is left and stops. Only then is it safe to release.
-        if let Err(error) = completer.await {
+        // the completer writes what is left and stops. Only then is it safe to release. A
+        // database that does not answer gets one more grace; then the outcomes are given up,
+        // and those jobs are left to the dead-job sweep.
+        let mut completer = completer;
+        let ended = match tokio::time::timeout(config.shutdown_grace, &mut completer).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                tracing::error!(
+                    "shutdown: outcomes could not be written; the dead-job sweep will settle those jobs"
+                );
+                completer.abort();
+                completer.await
+            }
+        };
+        if let Err(error) = ended
+            && !error.is_cancelled()
+        {
             tracing::error!(%error, "completer ended abnormally");
         }
         loops.close();

@@ -13,6 +13,9 @@ pub enum State {
     Queued,
     Running,
     Paused,
+    /// The run has ended; its outcome waits for the completer. Still RUNNING in the table, so
+    /// the replica vouches for it until the outcome is written.
+    Finishing,
 }
 
 /// The task's end of a held job's wires.
@@ -77,6 +80,18 @@ impl Held {
 
     pub fn remove(&self, id: i64) {
         self.lock().remove(&id);
+    }
+
+    /// Lets go of a job whose outcome is written, unless it has come back meanwhile (a retry
+    /// this replica claimed again): that entry is a new run's.
+    pub fn finished(&self, id: i64) {
+        let mut jobs = self.lock();
+        if jobs
+            .get(&id)
+            .is_some_and(|entry| entry.state == State::Finishing)
+        {
+            jobs.remove(&id);
+        }
     }
 
     /// Stops the job's task if this replica holds the job; `false` if it does not.

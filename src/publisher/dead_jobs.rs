@@ -1,5 +1,6 @@
 //! Finds dead jobs (QUEUED or RUNNING, silent for `dead_after`) of any replica and hands them to
-//! the canceller. Each pass first vouches for this replica's own waiting and paused jobs, and
+//! the canceller. Each pass first vouches for this replica's own jobs that no handler speaks
+//! for (waiting in its channel, paused, or finished with the outcome not yet written), and
 //! checks that its running jobs are still its own, stopping the tasks of those settled elsewhere.
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ impl Publisher for DeadJobs {
     async fn run_once(&mut self) -> Result<bool> {
         let replica = &self.replica;
         let (store, worker, held) = (&replica.store, &replica.worker, &replica.held);
-        let waiting = held.ids(&[State::Queued, State::Paused]);
+        let waiting = held.ids(&[State::Queued, State::Paused, State::Finishing]);
         if !waiting.is_empty() {
             store.touch(worker, &waiting).await?;
         }

@@ -79,9 +79,9 @@ pub trait Store: Send + Sync + 'static {
     /// resume sends it back to NEW.
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64>;
 
-    /// Refreshes the sign of life of this worker's QUEUED and PAUSED jobs `ids` (waiting in its
-    /// channel, or paused in its memory), so that a live replica's jobs are never mistaken for
-    /// those of a dead one.
+    /// Refreshes the sign of life of this worker's jobs `ids` that no handler speaks for
+    /// (QUEUED in its channel, PAUSED in its memory, or RUNNING with the outcome about to be
+    /// written), so that a live replica's jobs are never mistaken for those of a dead one.
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64>;
 
     /// QUEUED and RUNNING jobs of any worker whose last sign of life (`heartbeat_at`, else

@@ -366,7 +366,7 @@ impl Store for MySqlStore {
             return Ok(0);
         }
         let sql = format!(
-            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status IN ('QUEUED', 'PAUSED') AND worker = ? AND {}",
+            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ? AND {}",
             in_ids(ids.len())
         );
         self.write(|| {

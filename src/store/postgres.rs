@@ -222,7 +222,7 @@ impl Store for PostgresStore {
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE jobs SET heartbeat_at = now() \
-             WHERE id = ANY($2) AND status IN ('QUEUED', 'PAUSED') AND worker = $1",
+             WHERE id = ANY($2) AND status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = $1",
         )
         .bind(worker)
         .bind(ids)

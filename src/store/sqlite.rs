@@ -261,7 +261,7 @@ impl Store for SqliteStore {
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE jobs SET heartbeat_at = ?2 WHERE id IN (SELECT value FROM json_each(?3)) \
-             AND status IN ('QUEUED', 'PAUSED') AND worker = ?1",
+             AND status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ?1",
         )
         .bind(worker)
         .bind(now())
