@@ -221,7 +221,7 @@ impl Pool {
                 anyhow::anyhow!("handler panicked: {message}")
             }
         };
-        let reason = words(&error);
+        let reason = crate::in_words(&error);
         if Permanent::is_in(&error) || attempt >= max_attempts {
             Outcome::Failed { reason }
         } else {
@@ -231,20 +231,4 @@ impl Pool {
             }
         }
     }
-}
-
-/// The error and its causes in one line, leaving out a cause that only repeats its parent (as
-/// database errors do).
-fn words(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
 }

@@ -42,3 +42,19 @@ pub use daemon::Daemon;
 pub use handlers::{Handler, Handlers, Permanent};
 pub use job::{JobRow, NewJob, Status};
 pub use store::Store;
+
+/// The error and its causes in one line, leaving out a cause that only repeats its parent (as
+/// database errors do).
+pub fn in_words(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}

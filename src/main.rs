@@ -136,7 +136,7 @@ async fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
         Err(error) => {
-            eprintln!("jobsd: {error:#}");
+            eprintln!("jobsd: {}", jobsd::in_words(&error));
             ExitCode::FAILURE
         }
     }
@@ -150,12 +150,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let database = store::redact(&config.database_url);
     match command {
         Command::Migrate => {
-            store.migrate().await?;
+            store::migrate(store.as_ref(), &config.database_url).await?;
             println!("migrations applied to {database}");
         }
         Command::Run { no_migrate } => {
             if !no_migrate {
-                store.migrate().await?;
+                store::migrate(store.as_ref(), &config.database_url).await?;
             }
             tracing::info!(%database, "database ready");
             let shutdown = CancellationToken::new();
@@ -163,7 +163,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             until_done(&shutdown, daemon.run(shutdown.clone())).await?;
         }
         Command::Demo { jobs } => {
-            store.migrate().await?;
+            store::migrate(store.as_ref(), &config.database_url).await?;
             eprintln!(
                 "jobsd demo: {jobs} jobs on {database}; stuck ones are cancelled after {}",
                 humantime::format_duration(config.dead_after)
@@ -188,7 +188,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             run_at,
             max_attempts,
         } => {
-            store.migrate().await?;
+            store::migrate(store.as_ref(), &config.database_url).await?;
             let job = NewJob {
                 kind: Some(kind),
                 object_id,

@@ -179,6 +179,26 @@ pub enum ConnectError {
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "cannot apply the migrations on {url}: {source}; a user that may not create tables \
+         runs `jobsd run --no-migrate` after `jobsd migrate` as one that may"
+    )]
+    Migrations {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Applies the migrations, or says in one line why not and what to do instead.
+pub async fn migrate(store: &dyn Store, url: &str) -> std::result::Result<(), ConnectError> {
+    store
+        .migrate()
+        .await
+        .map_err(|source| ConnectError::Migrations {
+            url: redact(url),
+            source,
+        })
 }
 
 /// Opens the store that `url`'s scheme names, with at most `pool_size` connections, and checks

@@ -325,8 +325,8 @@ mod least_privilege {
 /// `--no-migrate` as a user that may only read and update the `jobs` table: no INSERT, no
 /// DELETE, nothing on `_sqlx_migrations`, nothing on the schema. Every write the daemon makes
 /// (claim, start, heartbeat, finish, cancel as dead, terminate, release on shutdown) works with
-/// that. Without `--no-migrate` that user cannot migrate, and the daemon says so in one line and
-/// exits non-zero. No log line shows the password.
+/// that. Without `--no-migrate` that user cannot migrate, and the daemon says so in one line,
+/// with what to do instead, and exits with code 2. No log line shows the password.
 async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrate(db: TestDb) {
     let mut user = DbUser::create(&db).await;
     let user_url = user.url(&db.url);
@@ -464,12 +464,12 @@ async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrat
         _ => "CREATE command denied",
     };
     assert!(
-        !output.status.success()
+        output.status.code() == Some(2)
             && lines.len() == 1
-            && lines[0].starts_with("jobsd: ")
-            && lines[0].contains("migrations")
-            && lines[0].contains(denied),
-        "one line saying the migrations were denied, and a failing exit: {}\n{stderr}",
+            && lines[0].starts_with("jobsd: cannot apply the migrations")
+            && lines[0].matches(denied).count() == 1
+            && lines[0].contains("--no-migrate"),
+        "one line saying the migrations were denied and what to do, exit code 2: {}\n{stderr}",
         output.status
     );
     assert_no_password(&stderr, &user.password);
