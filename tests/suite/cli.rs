@@ -7,11 +7,12 @@ use std::time::Duration;
 use jobsd::Status;
 use tokio::process::Command;
 
-use crate::common::TestDb;
+use crate::common::{Backend, TestDb};
 
 crate::on_every_backend!(
     the_binary_on_real_defaults_reproduces_the_original_table,
     csv_import_killed_mid_file_imports_every_row_exactly_once,
+    bench_measures_every_workload_on_a_scratch_database,
 );
 
 /// `jobsd` with no settings from this environment: only what the test passes.
@@ -500,4 +501,60 @@ async fn an_unreachable_database_exits_2_without_showing_the_password() {
     .await;
     assert!(!line.contains("s3cret"), "{line}");
     assert!(line.contains("app:***@127.0.0.1:1"), "{line}");
+}
+
+/// `jobsd bench` with small figures: every workload runs and reports what it measured, on a
+/// scratch database beside the given one, and the rate limit holds without a burst.
+async fn bench_measures_every_workload_on_a_scratch_database(db: TestDb) {
+    let folder = tempfile::tempdir().expect("folder");
+    let mut command = jobsd(folder.path());
+    command
+        .args(["bench", "--jobs", "300", "--history", "300"])
+        .args(["--consumers", "50", "--rate-for", "2s"])
+        .env("DATABASE_URL", &db.url);
+    let out = output(command).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("a JSON line last: {stdout}"));
+    let figure = |key: &str| {
+        report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {report}"))
+    };
+    assert!(figure("w1_jobs_per_second") > 0.0 && figure("w5_jobs_per_second") > 0.0);
+    assert_eq!((figure("jobs"), figure("consumers")), (300.0, 50.0));
+    let statements = report["w1_statements_per_job"].as_f64();
+    match db.backend {
+        Backend::Sqlite => assert_eq!(statements, None, "SQLite keeps no count"),
+        _ => assert!(
+            statements.is_some_and(|s| s > 0.0 && s < 3.0),
+            "a few statements per job at most: {report}"
+        ),
+    }
+    let pickup = [
+        figure("w2_pickup_ms_p50"),
+        figure("w2_pickup_ms_p95"),
+        figure("w2_pickup_ms_p99"),
+    ];
+    assert!(
+        pickup[0] >= 0.0 && pickup[0] <= pickup[1] && pickup[1] <= pickup[2],
+        "{report}"
+    );
+    // 100 starts at 50/s, one at a time: no calendar second holds more than 50.
+    let busiest = figure("w3_busiest_second");
+    assert!(busiest > 0.0 && busiest <= 50.0, "{report}");
+    let rate = figure("w3_starts_per_second");
+    assert!((40.0..=51.0).contains(&rate), "{report}");
+    let (peak, idle) = (figure("w4_peak_rss_mib"), figure("w4_idle_rss_mib"));
+    assert!(peak > 1.0 && peak < 200.0 && idle <= peak, "{report}");
+    for workload in ["W1 drain", "W2 pickup", "W3 rate", "W4 memory", "W5 drain"] {
+        assert!(
+            stdout.contains(workload),
+            "{workload} in the table: {stdout}"
+        );
+    }
 }
