@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::Permanent;
-use crate::held::State;
+use crate::held::{PauseSignal, State};
 use crate::job::ClaimedJob;
 use crate::replica::Replica;
 
@@ -28,7 +28,7 @@ pub struct JobContext {
     replica: Arc<Replica>,
     /// Fired when the job is no longer this replica's to run; the daemon then drops the handler.
     lost: CancellationToken,
-    pause: watch::Receiver<bool>,
+    pause: Arc<PauseSignal>,
     /// The consumer slot this run holds; empty while paused. A `std::sync::Mutex`: it is only
     /// swapped, never held across an `.await`.
     slot: Mutex<Option<OwnedSemaphorePermit>>,
@@ -41,7 +41,7 @@ impl JobContext {
         job: ClaimedJob,
         replica: Arc<Replica>,
         lost: CancellationToken,
-        pause: watch::Receiver<bool>,
+        pause: Arc<PauseSignal>,
     ) -> Result<Self, Permanent> {
         let parse = |column: &str, text: Option<&str>| match text {
             None => Ok(None),
@@ -161,7 +161,7 @@ impl JobContext {
         if !ours {
             self.stop_here().await;
         }
-        if *self.pause.borrow() {
+        if self.pause.requested() {
             self.pause_here().await;
         }
     }
@@ -188,12 +188,10 @@ impl JobContext {
         drop(self.swap_slot(None));
         replica.slot_freed();
         tracing::info!(job = id, "paused");
-        let mut pause = self.pause.clone();
         loop {
-            // Waits on a channel, not a timer: a paused job costs no CPU.
-            if pause.wait_for(|paused| !paused).await.is_err() {
-                self.stop_here().await;
-            }
+            // Waits for a wake-up, not a timer: a paused job costs no CPU. A job taken away
+            // meanwhile is dropped by the daemon, wherever it waits.
+            self.pause.lifted().await;
             let Ok(slot) = Arc::clone(&replica.slots).acquire_owned().await else {
                 self.stop_here().await
             };

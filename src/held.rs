@@ -3,9 +3,10 @@
 //! canceller and the control publisher use it to reach a job's task.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +27,8 @@ pub struct Wires {
     /// Fires when the job must be released to NEW: shutdown's grace is over, or it is
     /// shutting down while the job is paused.
     pub interrupt: CancellationToken,
-    /// `true` while a pause is requested; a handler's checkpoint waits until it is `false`.
-    pub pause: watch::Receiver<bool>,
+    /// Whether a pause is requested; a handler's checkpoint waits until it is lifted.
+    pub pause: Arc<PauseSignal>,
 }
 
 pub struct Held {
@@ -42,7 +43,40 @@ struct Entry {
     state: State,
     lost: CancellationToken,
     interrupt: CancellationToken,
-    pause: watch::Sender<bool>,
+    pause: Arc<PauseSignal>,
+}
+
+/// Whether a pause is requested, and a wake-up when that changes. A watch channel would do, at
+/// several times the size; every held job has one.
+#[derive(Default)]
+pub struct PauseSignal {
+    requested: AtomicBool,
+    changed: Notify,
+}
+
+impl PauseSignal {
+    fn set(&self, pause: bool) {
+        self.requested.store(pause, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Waits, without a timer, until no pause is requested.
+    pub async fn lifted(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change between the two is not missed.
+            changed.as_mut().enable();
+            if !self.requested() {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 impl Held {
@@ -57,18 +91,18 @@ impl Held {
     pub fn queued(&self, id: i64) -> Wires {
         let lost = CancellationToken::new();
         let interrupt = self.interrupt_all.child_token();
-        let (pause, paused) = watch::channel(false);
+        let pause = Arc::new(PauseSignal::default());
         let entry = Entry {
             state: State::Queued,
             lost: lost.clone(),
             interrupt: interrupt.clone(),
-            pause,
+            pause: Arc::clone(&pause),
         };
         self.lock().insert(id, entry);
         Wires {
             lost,
             interrupt,
-            pause: paused,
+            pause,
         }
     }
 
@@ -102,7 +136,7 @@ impl Held {
     /// Asks the job's task to pause (`true`) or go on (`false`) at its next checkpoint.
     pub fn signal_pause(&self, id: i64, pause: bool) -> bool {
         self.with(id, |entry| {
-            entry.pause.send_replace(pause);
+            entry.pause.set(pause);
         })
     }
 
