@@ -1,23 +1,30 @@
 # jobsd: build the release binary, then ship it alone on a small, non-root runtime image.
 
 FROM rust:1-bookworm AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
+# A static binary, glibc linked in: no shared libraries to map at run time (most of a small
+# daemon's resident set) and none needed in the runtime image. The target is named so that the
+# flag reaches the binary but not the build's own proc-macros.
+ENV RUSTFLAGS="-C target-feature=+crt-static"
 # Dependencies first, in a layer of their own: source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --target "$(rustc -vV | sed -n 's/^host: //p')" \
     && rm -rf src
 COPY migrations migrations
 COPY src src
 # Touch the sources so cargo rebuilds the crate over the placeholder above.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs \
+    && target="$(rustc -vV | sed -n 's/^host: //p')" \
+    && cargo build --release --locked --target "$target" \
+    && cp "target/$target/release/jobsd" /jobsd
 
-# Distroless: glibc, CA certificates and /tmp, no shell or package manager: about 23 MB, plus
-# the 11 MB stripped binary, so about 34 MB in all (the target is under 40 MB).
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/jobsd /usr/local/bin/jobsd
+# Distroless static: CA certificates, time zones and /tmp; no libc, shell or package manager.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /jobsd /usr/local/bin/jobsd
 # The distroless "nonroot" user, by number so that Kubernetes can check runAsNonRoot.
 USER 65532:65532
 WORKDIR /home/nonroot

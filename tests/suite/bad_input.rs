@@ -13,7 +13,6 @@ use std::time::Duration;
 use jobsd::{JobRow, Status};
 use rand::Rng;
 use sqlx::AnyPool;
-use sqlx::any::AnyPoolOptions;
 
 use crate::common::{Backend, TestDb};
 use crate::reliability::processes::{Jobsd, Launcher};
@@ -330,7 +329,7 @@ mod least_privilege {
 async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrate(db: TestDb) {
     let mut user = DbUser::create(&db).await;
     let user_url = user.url(&db.url);
-    let as_user = pool(&user_url).await;
+    let as_user = crate::common::sql_at(&user_url).await;
     for statement in [
         "INSERT INTO jobs (sleep) VALUES (1)",
         "DELETE FROM jobs",
@@ -568,7 +567,7 @@ impl DbUser {
     }
 
     async fn drop_now(&mut self) {
-        let pool = pool(&self.admin_url).await;
+        let pool = crate::common::sql_at(&self.admin_url).await;
         for statement in self.drop_statements() {
             sqlx::query(&statement)
                 .execute(&pool)
@@ -593,7 +592,7 @@ impl Drop for DbUser {
                 .build()
                 .expect("runtime");
             runtime.block_on(async {
-                let pool = pool(&url).await;
+                let pool = crate::common::sql_at(&url).await;
                 for statement in statements {
                     let _ = sqlx::query(&statement).execute(&pool).await;
                 }
@@ -602,15 +601,6 @@ impl Drop for DbUser {
         })
         .join();
     }
-}
-
-async fn pool(url: &str) -> AnyPool {
-    sqlx::any::install_default_drivers();
-    AnyPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
-        .await
-        .expect("raw connection")
 }
 
 fn assert_no_password(log: &str, password: &str) {

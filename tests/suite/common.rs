@@ -148,12 +148,7 @@ impl TestDb {
 
     /// A raw SQL connection, as a user at psql, mariadb or sqlite3 would have.
     pub async fn sql(&self) -> AnyPool {
-        sqlx::any::install_default_drivers();
-        AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(&self.url)
-            .await
-            .expect("raw connection")
+        sql_at(&self.url).await
     }
 
     /// Runs one statement as a user would, returning how many rows it touched.
@@ -280,4 +275,14 @@ impl Replica {
             .expect("daemon task")
             .expect("daemon drains cleanly");
     }
+}
+
+/// A raw SQL connection to any URL: another user's, another server's.
+pub async fn sql_at(url: &str) -> AnyPool {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .expect("raw connection")
 }

@@ -113,7 +113,7 @@ async fn ride_out_an_outage(backend: Backend) -> Ridden {
     let url = server.url();
     let store = connect(&url).await;
     store.migrate().await.expect("migrations apply");
-    let sql = pool(&url).await;
+    let sql = crate::common::sql_at(&url).await;
     record_history_on(backend, &sql).await;
 
     let consumers = CONSUMERS.to_string();
@@ -166,7 +166,7 @@ async fn ride_out_an_outage(backend: Backend) -> Ridden {
     let store = connect(&url).await;
     let rows = until_all_finished(&store, Duration::from_secs(120)).await;
     daemon.assert_running();
-    let sql = pool(&url).await;
+    let sql = crate::common::sql_at(&url).await;
     let history = history_on(&sql).await;
     sql.close().await;
     daemon.stop(EXIT).await;
@@ -293,7 +293,7 @@ async fn notify_wakes_the_daemon_again_after_an_outage() {
     );
     let mut daemon = launcher.start("notify");
     daemon.ready(STARTUP).await;
-    let sql = pool(&url).await;
+    let sql = crate::common::sql_at(&url).await;
     listening(&sql, &mut daemon, Duration::from_secs(30)).await;
     // The pass that follows LISTEN's start is over; from now on only NOTIFY wakes the daemon.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -308,7 +308,7 @@ async fn notify_wakes_the_daemon_again_after_an_outage() {
     }
     server.start_again().await;
     let back = Instant::now();
-    let sql = pool(&url).await;
+    let sql = crate::common::sql_at(&url).await;
     listening(&sql, &mut daemon, Duration::from_secs(40)).await;
     let relistened = back.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -466,15 +466,6 @@ async fn connect(url: &str) -> Arc<dyn Store> {
     jobsd::store::connect(url, 4).await.expect("store connects")
 }
 
-async fn pool(url: &str) -> AnyPool {
-    sqlx::any::install_default_drivers();
-    AnyPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
-        .await
-        .expect("raw connection")
-}
-
 async fn count(store: &Arc<dyn Store>, status: Status) -> i64 {
     store
         .counts()
@@ -528,7 +519,7 @@ impl PrivateServer {
         };
         server.initialise().await;
         server.start_again().await;
-        let admin = pool(&server.admin_url()).await;
+        let admin = crate::common::sql_at(&server.admin_url()).await;
         let statements = match backend {
             Backend::Postgres => vec!["CREATE DATABASE jobs".to_owned()],
             _ => vec![
