@@ -8,4 +8,5 @@ mod daemon;
 mod files;
 mod outage;
 mod reliability;
+mod state_machine;
 mod store;
