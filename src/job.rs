@@ -131,7 +131,8 @@ pub struct ControlRequest {
 pub enum ControlAction {
     /// A job that has not started yet becomes PAUSED.
     PauseWaiting,
-    /// A PAUSED job that no live replica holds goes back to NEW, to continue from its progress.
+    /// A PAUSED job that no live replica holds goes back to NEW, to continue from its progress;
+    /// the attempt of a run its silent holder left paused is given back, as a release does.
     ResumeDetached,
     /// Any unfinished job becomes CANCELLED.
     Terminate,

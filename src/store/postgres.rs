@@ -313,7 +313,8 @@ impl Store for PostgresStore {
                  heartbeat_at = NULL {SEEN}"
             ),
             ControlAction::ResumeDetached => format!(
-                "UPDATE jobs SET status = 'NEW', control = NULL, worker = NULL, started_at = NULL, \
+                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE attempts - 1 END, \
+                 status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
                  heartbeat_at = NULL {SEEN} AND worker IS NOT DISTINCT FROM $4"
             ),
             ControlAction::Terminate => format!(

@@ -13,19 +13,17 @@
 //! - **Attempts move by one rule.** `attempts` goes up by one exactly when a job enters RUNNING
 //!   from NEW (a claim that starts) or from QUEUED (`mark_started`); it goes down by one exactly
 //!   when `release` hands back the interrupted run of a RUNNING job, or of a PAUSED job the
-//!   releasing worker holds; every other step leaves it alone.
+//!   releasing worker holds, and when a resume sends a PAUSED job whose holder went silent back
+//!   to NEW (that run was interrupted too); every other step leaves it alone.
 //! - **Attempts are bounded.** Replicas retry only while attempts remain, as the consumer does,
 //!   and the canceller retries a dead job only while attempts remain. So every row has
-//!   `attempts <= max_attempts + k`, and every waiting row (NEW, QUEUED, or PAUSED and held by
-//!   no one) has `attempts < max_attempts + k`, where `k` counts the detached resumes of the
-//!   job's paused runs: a resume of a PAUSED job whose holder has gone silent sends it back to
-//!   NEW with its run's attempt still counted, and its next start counts another one. Without
-//!   that path `k` would be 0: `attempts_never_exceed_max_attempts` asserts exactly that.
+//!   `attempts <= max_attempts`, and every waiting row (NEW, QUEUED, or PAUSED and held by no
+//!   one) has `attempts < max_attempts`.
 //! - **Rows are well formed.** Terminal rows have `finished_at`, CANCELLED rows `cancelled_at`
 //!   (equal to it) and a `last_error`, DONE rows no `last_error`, unfinished rows neither
 //!   timestamp; RUNNING rows have a worker, `queued_at` and `started_at`; QUEUED rows a worker
-//!   and `queued_at` but no `started_at`; NEW rows no worker, `started_at` or `heartbeat_at`
-//!   (`queued_at` may stay: a detached resume keeps the paused run's); a PAUSED row has
+//!   and `queued_at` but no `started_at`; NEW rows no worker, `queued_at`, `started_at` or
+//!   `heartbeat_at`; a PAUSED row has
 //!   `started_at` exactly when a worker holds it.
 //! - **Every step does exactly what the store documents**, row by row and column by column
 //!   (which rows a claim takes, what each settlement and control action writes, which
@@ -63,29 +61,10 @@ const VOUCHED: Duration = Duration::from_secs(3600);
 
 #[test]
 fn the_job_state_machine_keeps_its_invariants() {
-    check(Bound::ThroughDetachedResumes, CASES);
+    check(CASES);
 }
 
-/// The bound without the detached-resume allowance. It fails on: a claim with start by `a`
-/// (attempt 1 of 1), `a` pauses the job, and `b` carries out a resume request while `a` is
-/// silent: the job is back in NEW with its one attempt used, so its next start counts attempt
-/// 2 of 1 (a release by `a` instead would have handed the attempt back).
-#[test]
-#[ignore = "jobsd bug: a resume of a PAUSED job whose holder is silent sends it back to NEW \
-            with its run's attempt kept, so the next start counts attempt max_attempts + 1"]
-fn attempts_never_exceed_max_attempts() {
-    check(Bound::Strict, 8 * CASES);
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Bound {
-    /// `attempts <= max_attempts` for every row, `<` for every waiting row.
-    Strict,
-    /// The same, plus one for every detached resume of a held paused run.
-    ThroughDetachedResumes,
-}
-
-fn check(bound: Bound, default_cases: u32) {
+fn check(default_cases: u32) {
     let cases = match std::env::var_os("PROPTEST_CASES") {
         Some(_) => ProptestConfig::default().cases,
         None => default_cases,
@@ -102,7 +81,7 @@ fn check(bound: Bound, default_cases: u32) {
     let mut runner = TestRunner::new(config);
     let result = runner.run(&scenario(), |scenario| {
         runtime
-            .block_on(play(&scenario, bound))
+            .block_on(play(&scenario))
             .map_err(TestCaseError::fail)
     });
     match result {
@@ -553,9 +532,12 @@ fn well_formed(row: &JobRow) -> Result<(), String> {
             fail("QUEUED without worker or queued_at, or with started_at")
         }
         Status::New
-            if row.worker.is_some() || row.started_at.is_some() || row.heartbeat_at.is_some() =>
+            if row.worker.is_some()
+                || row.queued_at.is_some()
+                || row.started_at.is_some()
+                || row.heartbeat_at.is_some() =>
         {
-            fail("NEW with a worker, started_at or heartbeat_at")
+            fail("NEW with a worker, queued_at, started_at or heartbeat_at")
         }
         Status::Paused if row.worker.is_some() != row.started_at.is_some() => {
             fail("PAUSED with started_at but no holder, or a holder but no started_at")
@@ -587,11 +569,11 @@ fn since(at: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
 // ---------------------------------------------------------------------------------------------
 // Playing a case
 
-async fn play(scenario: &Scenario, bound: Bound) -> Result<(), String> {
+async fn play(scenario: &Scenario) -> Result<(), String> {
     let mut verdict = Err("the case did not run".to_owned());
     let slot = &mut verdict;
     common::run(Backend::Sqlite, "state_machine", |db| async move {
-        *slot = Table::play(db.store().await, scenario, bound).await;
+        *slot = Table::play(db.store().await, scenario).await;
     })
     .await;
     verdict
@@ -604,9 +586,6 @@ struct Table {
     rows: BTreeMap<i64, JobRow>,
     /// The statuses each job has been seen in, in order, each change once.
     log: BTreeMap<i64, Vec<Status>>,
-    /// Per job, how often a resume sent a PAUSED run whose holder was silent back to NEW.
-    detached: BTreeMap<i64, i32>,
-    bound: Bound,
     /// The step being checked, for messages.
     step: String,
 }
@@ -622,7 +601,7 @@ fn db<T>(result: jobsd::store::Result<T>) -> Result<T, String> {
 }
 
 impl Table {
-    async fn play(store: Arc<dyn Store>, scenario: &Scenario, bound: Bound) -> Result<(), String> {
+    async fn play(store: Arc<dyn Store>, scenario: &Scenario) -> Result<(), String> {
         let mut ids = Vec::new();
         for (n, max_attempts) in scenario.max_attempts.iter().enumerate() {
             let job = NewJob {
@@ -636,8 +615,6 @@ impl Table {
             ids,
             rows: BTreeMap::new(),
             log: BTreeMap::new(),
-            detached: BTreeMap::new(),
-            bound,
             step: "insert".into(),
         };
         table.rows = table.read().await?;
@@ -1078,19 +1055,13 @@ impl Table {
                     heartbeat_at: Stamp::Null,
                     ..Edit::default()
                 },
-                ControlAction::ResumeDetached => {
-                    if before.worker.is_some() {
-                        *self.detached.entry(request.id).or_default() += 1;
-                    }
-                    Edit {
-                        status: Some(Status::New),
-                        control: Set::To(None),
-                        worker: Set::To(None),
-                        started_at: Stamp::Null,
-                        heartbeat_at: Stamp::Null,
-                        ..Edit::default()
-                    }
-                }
+                ControlAction::ResumeDetached => Edit {
+                    control: Set::To(None),
+                    // A run its silent holder left paused was interrupted: its attempt is
+                    // given back, as a release does.
+                    attempts: -i32::from(before.worker.is_some()),
+                    ..Edit::to_new()
+                },
                 ControlAction::Signal(signal) => {
                     // The task carries the request out at its next checkpoint.
                     let (to, done) = match signal {
@@ -1258,18 +1229,18 @@ impl Table {
             if let Err(e) = well_formed(row) {
                 return self.fail(format!("{}: {e}", context()));
             }
-            let allowance = match self.bound {
-                Bound::Strict => 0,
-                Bound::ThroughDetachedResumes => self.detached.get(id).copied().unwrap_or(0),
-            };
-            let limit = row.max_attempts + allowance - i32::from(is_waiting(row));
+            let limit = row.max_attempts - i32::from(is_waiting(row));
             self.ensure(row.attempts <= limit, || {
                 format!(
-                    "{}: {} attempts of {} (detached resumes {allowance}), at most {limit} allowed for a {} row: {row:?}",
+                    "{}: {} attempts of {}, at most {limit} allowed for a {} row: {row:?}",
                     context(),
                     row.attempts,
                     row.max_attempts,
-                    if is_waiting(row) { "waiting" } else { "held or finished" },
+                    if is_waiting(row) {
+                        "waiting"
+                    } else {
+                        "held or finished"
+                    },
                 )
             })?;
         }
