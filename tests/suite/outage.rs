@@ -146,17 +146,10 @@ async fn ride_out_an_outage(backend: Backend) -> Ridden {
     .await;
     let open_at_stop = jobs - count(&store, Status::Done).await;
     let log_at_stop = daemon.log().len();
-    let stopped = Instant::now();
-    server.stop().await;
-    while stopped.elapsed() < OUTAGE {
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    server.start_again().await;
+    let down = server.outage(&mut daemon).await;
     let back = chrono::Utc::now();
     println!(
-        "{backend:?}: server down {:.1?}, {open_at_stop} of {jobs} jobs unfinished when it stopped",
-        stopped.elapsed()
+        "{backend:?}: server down {down:.1?}, {open_at_stop} of {jobs} jobs unfinished when it stopped"
     );
     assert!(
         open_at_stop > jobs / 2,
@@ -300,13 +293,7 @@ async fn notify_wakes_the_daemon_again_after_an_outage() {
     let before = pickup(&sql, &store, &mut daemon, 1).await;
     sql.close().await;
 
-    let stopped = Instant::now();
-    server.stop().await;
-    while stopped.elapsed() < OUTAGE {
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    server.start_again().await;
+    server.outage(&mut daemon).await;
     let back = Instant::now();
     let sql = crate::common::sql_at(&url).await;
     listening(&sql, &mut daemon, Duration::from_secs(40)).await;
@@ -613,6 +600,19 @@ impl PrivateServer {
     }
 
     /// Starts the server on its data directory and waits until it answers.
+    /// Stops the server for [`OUTAGE`], checking all the while that `daemon` stays up, and
+    /// starts it again; returns how long it was down.
+    async fn outage(&mut self, daemon: &mut Jobsd) -> Duration {
+        let stopped = Instant::now();
+        self.stop().await;
+        while stopped.elapsed() < OUTAGE {
+            daemon.assert_running();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.start_again().await;
+        stopped.elapsed()
+    }
+
     async fn start_again(&mut self) {
         match self.backend {
             Backend::Postgres => {
