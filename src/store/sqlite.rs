@@ -25,8 +25,11 @@ use crate::job::{
 /// The most connections a SQLite store opens.
 const MAX_CONNECTIONS: u32 = 4;
 
+/// Attempts at opening a file other processes are opening too.
+const OPEN_TRIES: u32 = 5;
+
 /// Attempts at the migrations while other processes apply them too.
-const MIGRATION_TRIES: u32 = 3;
+const MIGRATION_TRIES: u32 = 5;
 
 /// `?3` is the cutoff time: the row is still as silent as when it was found dead.
 const STILL_DEAD: &str = "COALESCE(heartbeat_at, started_at, queued_at) < ?3";
@@ -51,7 +54,18 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
-        probe(&options).await?;
+        // Processes opening a new file together race to switch it to WAL, and SQLite answers
+        // the loser "database is locked" at once, busy timeout or not: it tries again.
+        let mut tries = 1;
+        loop {
+            match probe(&options).await {
+                Err(error) if is_busy(&error) && tries < OPEN_TRIES => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+                    tries += 1;
+                }
+                opened => break opened?,
+            }
+        }
         // One writer at a time: more connections would only wait for the lock, and each one
         // costs a thread and a page cache.
         let pool = SqlitePoolOptions::new()
@@ -61,6 +75,17 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore { pool })
     }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED, in any of their extended forms.
+fn is_busy(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    error
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 /// The column format: sorts as text in time order, and matches what `strftime` writes.
