@@ -109,7 +109,6 @@ impl Pool {
         let (id, replica) = (job.id, &self.replica);
         let started = started || self.start(id).await;
         if started {
-            replica.held.set(id, State::Running);
             let (run, slot) = self.execute(job, slot, &wires).await;
             match run {
                 Run::Ended(outcome) => {
@@ -148,7 +147,10 @@ impl Pool {
     async fn start(&self, id: i64) -> bool {
         let replica = &self.replica;
         match replica.store.mark_started(id, &replica.worker).await {
-            Ok(true) => true,
+            Ok(true) => {
+                replica.held.set(id, State::Running);
+                true
+            }
             Ok(false) => {
                 tracing::debug!(job = id, "taken back before it started");
                 false

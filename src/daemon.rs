@@ -129,7 +129,7 @@ impl Daemon {
             shutdown.clone(),
         ));
         let (outcomes_tx, outcomes_rx) = mpsc::channel(completer::BATCH);
-        let completer = tokio::spawn(
+        let mut completer = tokio::spawn(
             Completer {
                 replica: Arc::clone(&replica),
             }
@@ -172,7 +172,6 @@ impl Daemon {
         // the completer writes what is left and stops. Only then is it safe to release. A
         // database that does not answer gets one more grace; then the outcomes are given up,
         // and those jobs are left to the dead-job sweep.
-        let mut completer = completer;
         let ended = match tokio::time::timeout(config.shutdown_grace, &mut completer).await {
             Ok(ended) => ended,
             Err(_) => {

@@ -87,13 +87,13 @@ impl Held {
         }
     }
 
-    /// A claimed job enters.
-    pub fn queued(&self, id: i64) -> Wires {
+    /// A claimed job enters: QUEUED, or RUNNING if its claim started it.
+    pub fn enter(&self, id: i64, state: State) -> Wires {
         let lost = CancellationToken::new();
         let interrupt = self.interrupt_all.child_token();
         let pause = Arc::new(PauseSignal::default());
         let entry = Entry {
-            state: State::Queued,
+            state,
             lost: lost.clone(),
             interrupt: interrupt.clone(),
             pause: Arc::clone(&pause),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::Publisher;
-use crate::held::Wires;
+use crate::held::{State, Wires};
 use crate::job::ClaimedJob;
 use crate::replica::Replica;
 use crate::store::Result;
@@ -51,7 +51,12 @@ impl Publisher for NewJobs {
         replica.backlog.store(full, Ordering::Relaxed);
         for (job, slot) in jobs.into_iter().zip(slots) {
             let id = job.id;
-            let wires = replica.held.queued(id);
+            let state = if self.start {
+                State::Running
+            } else {
+                State::Queued
+            };
+            let wires = replica.held.enter(id, state);
             if self
                 .channel
                 .send(Claimed {

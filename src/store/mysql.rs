@@ -27,12 +27,12 @@ use crate::job::{
 const STILL_DEAD: &str =
     "COALESCE(heartbeat_at, started_at, queued_at) < NOW(6) - INTERVAL ? MICROSECOND";
 
-/// `id IN (?, ?, …)` for `count` ids. A list of placeholders rather than a JSON_TABLE
-/// subquery: MariaDB runs `UPDATE … WHERE id IN (subquery)` as a scan of the whole table, locking
-/// every row on the way.
 /// How long a replica waits for another's migrations before it gives up.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 
+/// `id IN (?, ?, …)` for `count` ids. A list of placeholders rather than a JSON_TABLE
+/// subquery: MariaDB runs `UPDATE … WHERE id IN (subquery)` as a scan of the whole table, locking
+/// every row on the way.
 fn in_ids(count: usize) -> String {
     format!("id IN ({})", vec!["?"; count.max(1)].join(", "))
 }
@@ -42,6 +42,17 @@ fn bind_ids<'q, O>(
     mut query: sqlx::query::QueryAs<'q, MySql, O, MySqlArguments>,
     ids: &'q [i64],
 ) -> sqlx::query::QueryAs<'q, MySql, O, MySqlArguments> {
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query
+}
+
+/// The same for a statement that returns no rows.
+fn bind_each<'q>(
+    mut query: Query<'q, MySql, MySqlArguments>,
+    ids: &'q [i64],
+) -> Query<'q, MySql, MySqlArguments> {
     for id in ids {
         query = query.bind(*id);
     }
@@ -107,11 +118,9 @@ impl MySqlStore {
             claimed_as(start, "NOW(6)"),
             in_ids(ids.len())
         );
-        let mut update = sqlx::query(&sql).bind(worker);
-        for id in &ids {
-            update = update.bind(*id);
-        }
-        update.execute(&mut *tx).await?;
+        bind_each(sqlx::query(&sql).bind(worker), &ids)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         // The rows were read before the update: `attempts` is already the count before the run.
         Ok(jobs)
@@ -142,11 +151,9 @@ impl MySqlStore {
                 "UPDATE jobs SET status = 'DONE', finished_at = NOW(6), last_error = NULL WHERE {}",
                 in_ids(done.len())
             );
-            let mut update = sqlx::query(&sql);
-            for id in &done {
-                update = update.bind(*id);
-            }
-            update.execute(&mut *tx).await?;
+            bind_each(sqlx::query(&sql), &done)
+                .execute(&mut *tx)
+                .await?;
         }
         for (id, outcome) in outcomes.iter().filter(|(id, _)| is_ours(id)) {
             let query = match outcome {
@@ -369,14 +376,8 @@ impl Store for MySqlStore {
             "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ? AND {}",
             in_ids(ids.len())
         );
-        self.write(|| {
-            let mut touch = sqlx::query(&sql).bind(worker);
-            for id in ids {
-                touch = touch.bind(*id);
-            }
-            touch
-        })
-        .await
+        self.write(|| bind_each(sqlx::query(&sql).bind(worker), ids))
+            .await
     }
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {

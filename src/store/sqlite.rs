@@ -25,11 +25,8 @@ use crate::job::{
 /// The most connections a SQLite store opens.
 const MAX_CONNECTIONS: u32 = 4;
 
-/// Attempts at opening a file other processes are opening too.
-const OPEN_TRIES: u32 = 5;
-
-/// Attempts at the migrations while other processes apply them too.
-const MIGRATION_TRIES: u32 = 5;
+/// Attempts at opening or migrating a file that other processes are opening too.
+const RACE_TRIES: u32 = 5;
 
 /// `?3` is the cutoff time: the row is still as silent as when it was found dead.
 const STILL_DEAD: &str = "COALESCE(heartbeat_at, started_at, queued_at) < ?3";
@@ -56,16 +53,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30));
         // Processes opening a new file together race to switch it to WAL, and SQLite answers
         // the loser "database is locked" at once, busy timeout or not: it tries again.
-        let mut tries = 1;
-        loop {
-            match probe(&options).await {
-                Err(error) if is_busy(&error) && tries < OPEN_TRIES => {
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
-                    tries += 1;
-                }
-                opened => break opened?,
-            }
-        }
+        taking_turns(is_busy, || probe(&options)).await?;
         // One writer at a time: more connections would only wait for the lock, and each one
         // costs a thread and a page cache.
         let pool = SqlitePoolOptions::new()
@@ -74,6 +62,30 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         Ok(SqliteStore { pool })
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails in a way `racing` does not accept, or has been tried
+/// [`RACE_TRIES`] times, waiting a little longer each time: how processes that open one new
+/// file together take turns.
+async fn taking_turns<T, E, Fut>(
+    racing: impl Fn(&E) -> bool,
+    attempt: impl Fn() -> Fut,
+) -> std::result::Result<T, E>
+where
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(error) if racing(&error) && tries < RACE_TRIES => {
+                tracing::debug!(%error, tries, "raced another process on the file; again");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+                tries += 1;
+            }
+            done => return done,
+        }
     }
 }
 
@@ -136,18 +148,9 @@ impl Store for SqliteStore {
         // sqlx takes no lock on SQLite. Each migration runs in a transaction, so when processes
         // starting together race, the loser's attempt fails whole ("table jobs already
         // exists") and rolls back; the next attempt finds it applied.
-        let mut tries = 1;
-        loop {
-            match sqlx::migrate!("migrations/sqlite").run(&self.pool).await {
-                Ok(()) => return Ok(()),
-                Err(error) if tries < MIGRATION_TRIES => {
-                    tracing::debug!(%error, tries, "migrations raced another process; again");
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let migrator = sqlx::migrate!("migrations/sqlite");
+        taking_turns(|_| true, || migrator.run(&self.pool)).await?;
+        Ok(())
     }
 
     async fn insert(&self, job: &NewJob) -> Result<i64> {
