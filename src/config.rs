@@ -47,7 +47,11 @@ pub struct Config {
     /// The only tables `csv_import` and `csv_export` jobs may name.
     pub csv_tables: Vec<String>,
     /// The folder `csv_import` and `csv_export` paths are relative to; they cannot leave it.
+    /// Not the working folder by default: that holds the SQLite file and the settings.
     pub csv_dir: PathBuf,
+    /// The largest `payload` or `progress` a job may have: a larger one ends FAILED without
+    /// ever being loaded, so one row cannot take a replica's memory.
+    pub max_payload_bytes: u64,
 }
 
 /// What the file job kinds may touch.
@@ -165,6 +169,13 @@ impl Config {
                 )));
             }
         }
+        if !(1024..=1 << 30).contains(&self.max_payload_bytes) {
+            return Err(ConfigError(format!(
+                "max_payload_bytes ({}) must be between 1024 and 1073741824, got {}",
+                env_name("max_payload_bytes"),
+                self.max_payload_bytes
+            )));
+        }
         if self.worker_id.trim().is_empty() || self.worker_id.len() > 200 {
             return Err(ConfigError(format!(
                 "worker_id ({}) must be 1 to 200 characters",
@@ -203,7 +214,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("retry_backoff", "1s"),
     ("worker_id", ""),
     ("log_format", "text"),
-    ("csv_dir", "."),
+    ("csv_dir", "csv"),
+    ("max_payload_bytes", "1048576"),
     ("health_file", "/tmp/jobsd.health"),
 ];
 

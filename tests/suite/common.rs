@@ -141,6 +141,7 @@ impl TestDb {
             log_format: LogFormat::Text,
             csv_tables: Vec::new(),
             csv_dir: ".".into(),
+            max_payload_bytes: 1024 * 1024,
             health_file: std::env::temp_dir()
                 .join(format!("jobsd-test-{}.health", std::process::id())),
         }
