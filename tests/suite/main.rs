@@ -6,6 +6,7 @@ mod common;
 mod control;
 mod daemon;
 mod files;
+mod hostile;
 mod outage;
 mod reliability;
 mod state_machine;
