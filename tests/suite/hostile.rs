@@ -428,6 +428,10 @@ const CASES: u32 = 8;
 /// Shrinking steps unless `PROPTEST_MAX_SHRINK_ITERS` says otherwise: each is a whole case.
 const SHRINK_ITERS: u32 = 16;
 
+/// How long shrinking may go on unless `PROPTEST_MAX_SHRINK_TIME` (ms) says otherwise: a
+/// failing case costs the whole [`SETTLE`] wait.
+const SHRINK_MILLIS: u32 = 60_000;
+
 /// How much the daemon's peak resident memory may grow over its idle peak in one case. A case
 /// holds up to a few dozen rows, several of them 2 MB over `max_payload_bytes`: those must never
 /// be loaded. On SQLite the database's own write of such a row (the claim, the outcome)
@@ -733,9 +737,14 @@ async fn random_hostile_rows_never_stop_jam_or_crash_the_daemon(db: TestDb) {
         Some(_) => ProptestConfig::default().max_shrink_iters,
         None => SHRINK_ITERS,
     };
+    let max_shrink_time = match std::env::var_os("PROPTEST_MAX_SHRINK_TIME") {
+        Some(_) => ProptestConfig::default().max_shrink_time,
+        None => SHRINK_MILLIS,
+    };
     let config = ProptestConfig {
         cases,
         max_shrink_iters,
+        max_shrink_time,
         failure_persistence: None,
         ..ProptestConfig::default()
     };
@@ -750,7 +759,7 @@ async fn random_hostile_rows_never_stop_jam_or_crash_the_daemon(db: TestDb) {
         })
     });
     println!(
-        "{:?}: {cases} cases in {:.1?}; refused at INSERT: {:#?}",
+        "{:?}: {cases} cases (and any shrinking) in {:.1?}; refused at INSERT: {:#?}",
         db.backend,
         began.elapsed(),
         refusals.lock().expect("refusals")
@@ -1283,7 +1292,16 @@ fn big_payload_bounds_kib(backend: Backend, payload: usize) -> (u64, u64) {
 /// ones, on a real `jobsd run`: the three end FAILED ("payload too large") without being
 /// loaded, the good ones run, and the daemon's peak resident memory stays small.
 async fn twenty_megabyte_payloads_fail_without_being_loaded(db: TestDb) {
-    let launcher = Launcher::new(&db, SETTINGS);
+    // The default `dead_after` (10 s): on SQLite a write of such a row is slow, and a good
+    // job's outcome may wait behind it for more than a second.
+    let launcher = Launcher::new(
+        &db,
+        &[
+            ("JOBSD_POLL_INTERVAL", "100ms"),
+            ("JOBSD_RATE_PER_SECOND", "0"),
+            ("JOBSD_SHUTDOWN_GRACE", "1s"),
+        ],
+    );
     let mut daemon = start_daemon(&launcher).await;
     // Let the daemon's pools and loops settle before the idle peak is read.
     tokio::time::sleep(Duration::from_secs(1)).await;
