@@ -797,3 +797,127 @@ async fn run(command: &mut Command) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+// === 4. Two replicas with the real defaults across an outage ===
+
+mod two_replicas {
+    mod postgres {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn an_outage_under_two_default_replicas_runs_every_job_exactly_once() {
+            super::super::two_default_replicas_ride_out_an_outage(crate::common::Backend::Postgres)
+                .await;
+        }
+    }
+
+    mod mysql {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn an_outage_under_two_default_replicas_runs_every_job_exactly_once() {
+            super::super::two_default_replicas_ride_out_an_outage(crate::common::Backend::Mysql)
+                .await;
+        }
+    }
+}
+
+/// Two `jobsd run` processes with the real defaults (dead_after 10 s, 50 starts a second, 1 s
+/// polls) and 5 consumers each drain a backlog of 300 ms jobs; mid-backlog their server stops
+/// for 15 s, longer than `dead_after`, and comes back. Both lost contact at once, so neither may
+/// take the other's jobs for dead before it has had `dead_after` to vouch for them again: every
+/// job enters RUNNING exactly once (the history trigger counts it), ends DONE on its first
+/// attempt, nothing is cancelled, and both processes stay up throughout.
+async fn two_default_replicas_ride_out_an_outage(backend: Backend) {
+    const JOBS: i64 = 200;
+    let mut server = PrivateServer::start(backend).await;
+    let url = server.url();
+    let store = connect(&url).await;
+    store.migrate().await.expect("migrations apply");
+    let sql = crate::common::sql_at(&url).await;
+    record_history_on(backend, &sql).await;
+
+    let launcher = Launcher::for_url(&url, &[("JOBSD_CONSUMERS", "5")]);
+    let mut replicas = vec![launcher.start("a"), launcher.start("b")];
+    for replica in &mut replicas {
+        replica.ready(STARTUP).await;
+    }
+    let backlog: Vec<Job> = (1..=JOBS).map(|n| Job::sleep(n, 300)).collect();
+    insert(&sql, &backlog).await;
+    sql.close().await;
+
+    until(Duration::from_secs(60), async || {
+        for replica in replicas.iter_mut() {
+            replica.assert_running();
+        }
+        let done = count(&store, Status::Done).await;
+        (done >= JOBS / 5)
+            .then_some(())
+            .ok_or_else(|| format!("{done} of {JOBS} done"))
+    })
+    .await;
+    let open_at_stop = JOBS - count(&store, Status::Done).await;
+    let stopped = Instant::now();
+    server.stop().await;
+    while stopped.elapsed() < OUTAGE {
+        for replica in &mut replicas {
+            replica.assert_running();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    server.start_again().await;
+    println!(
+        "{backend:?}: server down {:.1?}, {open_at_stop} of {JOBS} jobs unfinished when it stopped",
+        stopped.elapsed()
+    );
+    assert!(
+        open_at_stop > JOBS / 2,
+        "the server stopped mid-backlog: {open_at_stop} of {JOBS} unfinished"
+    );
+
+    let store = connect(&url).await;
+    let rows = until_all_finished(&store, Duration::from_secs(180)).await;
+    for replica in &mut replicas {
+        replica.assert_running();
+    }
+    let sql = crate::common::sql_at(&url).await;
+    let history = history_on(&sql).await;
+    sql.close().await;
+    for replica in &mut replicas {
+        replica.stop(EXIT).await;
+    }
+
+    assert_eq!(rows.len() as i64, JOBS, "no job lost, none added");
+    let mut by_replica: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &rows {
+        let path = history.get(&row.id).cloned().unwrap_or_default();
+        let entered = |to: &str| path.iter().filter(|c| c.to == to).count();
+        assert_eq!(
+            (entered("RUNNING"), entered("DONE"), entered("CANCELLED")),
+            (1, 1, 0),
+            "job {} started once and finished once, never cancelled: {path:?}",
+            row.id
+        );
+        assert!(
+            path.iter()
+                .all(|c| !matches!(c.to.as_str(), "FAILED" | "PAUSED")),
+            "job {}: {path:?}",
+            row.id
+        );
+        assert_eq!(
+            (row.status, row.attempts, row.last_error.as_deref()),
+            (Status::Done, 1, None),
+            "{row:?}"
+        );
+        assert!(row.cancelled_at.is_none(), "{row:?}");
+        let worker = row.worker.clone().unwrap_or_default();
+        let prefix = worker.split('-').next().unwrap_or_default().to_owned();
+        *by_replica.entry(prefix).or_default() += 1;
+    }
+    println!("{backend:?}: jobs per replica {by_replica:?}");
+    for prefix in ["a", "b"] {
+        assert!(
+            by_replica.get(prefix).copied().unwrap_or(0) > 0,
+            "replica {prefix} did some of the work: {by_replica:?}"
+        );
+    }
+    for replica in &replicas {
+        assert_no_password(&replica.log(), &server.password);
+    }
+}
