@@ -170,8 +170,11 @@ impl Pool {
         slot: OwnedSemaphorePermit,
         wires: &Wires,
     ) -> (Run, Option<OwnedSemaphorePermit>) {
-        let attempt = job.attempts + 1;
+        let attempt = job.attempts.saturating_add(1);
         let max_attempts = job.max_attempts;
+        if let Some(reason) = job.unfit {
+            return (Run::Ended(Outcome::Failed { reason }), Some(slot));
+        }
         let Some(handler) = self.handlers.get(&job.kind) else {
             let reason = format!(
                 "unknown job kind {:?}; this daemon runs: {}",

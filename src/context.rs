@@ -4,7 +4,7 @@
 //! waits, using no CPU and no consumer slot, until it is resumed or terminated.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -32,6 +32,9 @@ pub struct JobContext {
     /// The consumer slot this run holds; empty while paused. A `std::sync::Mutex`: it is only
     /// swapped, never held across an `.await`.
     slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// When a sign of life of this run last reached the database: the run holds the job as a
+    /// lease that lasts `dead_after` from then (see [`JobContext::heartbeat`]).
+    vouched: Mutex<Instant>,
 }
 
 impl JobContext {
@@ -59,6 +62,7 @@ impl JobContext {
             lost,
             pause,
             slot: Mutex::new(None),
+            vouched: Mutex::new(Instant::now()),
         })
     }
 
@@ -124,6 +128,10 @@ impl JobContext {
     }
 
     /// Records a sign of life, and pauses here if a pause was requested.
+    ///
+    /// The job is held as a lease: once no sign of life has reached the database for
+    /// `dead_after`, another replica may take the job for dead and run it again, so the
+    /// handler stops here rather than risk two runs of one job.
     pub async fn heartbeat(&self) {
         self.beat(None).await;
     }
@@ -140,18 +148,43 @@ impl JobContext {
     /// stops here for good. A database that does not answer is not the handler's problem: the
     /// job carries on, and the publishers report the outage.
     async fn beat(&self, progress: Option<&str>) {
-        let store = &self.replica.store;
-        let ours = match store
-            .heartbeat(self.job.id, &self.replica.worker, progress)
-            .await
-        {
-            Ok(ours) => ours,
-            Err(error) => {
-                tracing::debug!(job = self.job.id, %error, "heartbeat not recorded");
-                true
-            }
+        let (id, replica) = (self.job.id, &self.replica);
+        let left = replica.dead_after.saturating_sub(self.since_vouched());
+        // A database that hangs rather than fails must not hold the handler past its lease.
+        let beat = replica.store.heartbeat(id, &replica.worker, progress);
+        let error = match tokio::time::timeout(left, beat).await {
+            Ok(Ok(ours)) => return self.checkpointed(ours).await,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "no answer".to_owned(),
         };
-        self.checkpointed(ours).await;
+        if self.since_vouched() >= replica.dead_after {
+            tracing::warn!(
+                job = id,
+                %error,
+                lease = ?replica.dead_after,
+                "no sign of life reached the database within the lease; stopping, as another replica may take the job over"
+            );
+            self.stop_here().await;
+        }
+        tracing::debug!(job = id, %error, "heartbeat not recorded");
+        if self.pause.requested() {
+            self.pause_here().await;
+        }
+    }
+
+    /// A sign of life of this run has just reached the database.
+    fn vouched_now(&self) {
+        *self
+            .vouched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+    }
+
+    fn since_vouched(&self) -> Duration {
+        self.vouched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .elapsed()
     }
 
     /// For built-in kinds that write their work and its checkpoint in one transaction of their
@@ -161,6 +194,7 @@ impl JobContext {
         if !ours {
             self.stop_here().await;
         }
+        self.vouched_now();
         if self.pause.requested() {
             self.pause_here().await;
         }
@@ -197,6 +231,7 @@ impl JobContext {
             };
             match replica.store.resume(id, &replica.worker).await {
                 Ok(true) => {
+                    self.vouched_now();
                     self.swap_slot(Some(slot));
                     replica.held.set(id, State::Running);
                     tracing::info!(job = id, "resumed");

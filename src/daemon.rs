@@ -72,6 +72,7 @@ impl Daemon {
             backlog: AtomicBool::new(false),
             wakes: Wakes::default(),
             heartbeat_interval: config.heartbeat_interval(),
+            dead_after: config.dead_after,
             health_file: config.health_file.clone(),
         });
         let (claimed_tx, claimed_rx) = mpsc::channel(consumers);
@@ -92,6 +93,7 @@ impl Daemon {
             replica: Arc::clone(&replica),
             channel: claimed_tx,
             start: limiter.is_none(),
+            max_bytes: config.max_payload_bytes,
         };
         let wake = Some(Arc::clone(&replica.wakes.new_jobs));
         loops.spawn(publisher::drive(
@@ -100,11 +102,7 @@ impl Daemon {
             wake,
             shutdown.clone(),
         ));
-        let dead_jobs = DeadJobs {
-            replica: Arc::clone(&replica),
-            dead_after: config.dead_after,
-            canceller: dead_tx,
-        };
+        let dead_jobs = DeadJobs::new(Arc::clone(&replica), config.dead_after, dead_tx);
         loops.spawn(publisher::drive(
             dead_jobs,
             config.poll_interval,
@@ -120,6 +118,7 @@ impl Daemon {
         let controls = Controls {
             replica: Arc::clone(&replica),
             dead_after: config.dead_after,
+            after: 0,
         };
         let wake = Some(Arc::clone(&replica.wakes.control));
         loops.spawn(publisher::drive(

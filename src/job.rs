@@ -166,7 +166,7 @@ impl ControlRequest {
 }
 
 /// A job a replica has claimed: what a consumer needs to run it, and nothing more.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClaimedJob {
     pub id: i64,
     pub kind: String,
@@ -180,6 +180,9 @@ pub struct ClaimedJob {
     /// Attempts used before this run started.
     pub attempts: i32,
     pub max_attempts: i32,
+    /// Why the row cannot run at all (a value of the wrong type or over `max_payload_bytes`,
+    /// attempts already used up): the run ends FAILED with this reason without a handler.
+    pub unfit: Option<String>,
 }
 
 /// A whole row, for people reading the table (`jobsd status`, `jobsd demo`) and for tests.

@@ -25,6 +25,9 @@ pub(crate) struct Replica {
     pub wakes: Wakes,
     /// How often a running job should prove it is alive.
     pub heartbeat_interval: Duration,
+    /// How long a job may go without a sign of life reaching the database before another
+    /// replica may take it for dead: the lease a running job holds.
+    pub dead_after: Duration,
     /// Where this replica says it is alive, for `jobsd health`.
     pub health_file: PathBuf,
 }

@@ -3,6 +3,10 @@
 //! with a conditional UPDATE, by whichever replica sees them first; a pause or resume of a job
 //! that runs (or waits paused) on this replica is passed to its task, which applies it at its
 //! next checkpoint; requests for jobs another live replica holds are left to that replica.
+//!
+//! Requests that must wait (a resume waiting for a free slot, a pause of another replica's
+//! job) stay in the table, so each pass pages through all of them by id: however many wait at
+//! the front, a terminate behind them is read within a pass or two.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +14,17 @@ use std::time::Duration;
 use super::Publisher;
 use crate::job::{Control, ControlAction};
 use crate::replica::Replica;
-use crate::store::Result;
+use crate::store::{Result, is_transient};
 
-/// Requests read per pass; a full batch makes the next pass come at once.
+/// Requests read per page; a full page makes the next page come at once.
 const BATCH: u32 = 500;
 
 pub(crate) struct Controls {
     pub replica: Arc<Replica>,
     pub dead_after: Duration,
+    /// The last id of the previous page while a pass pages through; 0 starts from the front.
+    /// Only this loop reads and writes it.
+    pub after: i64,
 }
 
 impl Publisher for Controls {
@@ -25,8 +32,10 @@ impl Publisher for Controls {
 
     async fn run_once(&mut self) -> Result<bool> {
         let replica = &self.replica;
-        let requests = replica.store.find_controls(self.dead_after, BATCH).await?;
-        let mut settled = 0;
+        let requests = replica
+            .store
+            .find_controls(self.dead_after, self.after, BATCH)
+            .await?;
         for request in &requests {
             let (id, control) = (request.id, request.control);
             match request.action(&replica.worker) {
@@ -34,18 +43,28 @@ impl Publisher for Controls {
                 ControlAction::Signal(signal) => {
                     replica.held.signal_pause(id, signal == Control::Pause);
                 }
-                action => {
-                    if replica.store.apply_control(request, action).await? {
-                        settled += 1;
+                action => match replica.store.apply_control(request, action).await {
+                    Ok(true) => {
                         if action == ControlAction::Terminate {
                             replica.held.take_away(id);
                         }
                         tracing::info!(job = id, %control, from = %request.status, ?action, "control request applied");
                     }
-                }
+                    Ok(false) => {}
+                    // The database is away: this page again at the next pass.
+                    Err(error) if is_transient(&error) => return Err(error),
+                    // The row itself is refused: it must not hold up the requests behind it.
+                    Err(error) => {
+                        tracing::warn!(job = id, %control, %error, "control request cannot be applied");
+                    }
+                },
             }
         }
-        // Only settled requests leave the table; a full batch of signals must not spin.
-        Ok(settled > 0 && requests.len() == BATCH as usize)
+        let full = requests.len() == BATCH as usize;
+        self.after = match requests.last() {
+            Some(last) if full => last.id,
+            _ => 0,
+        };
+        Ok(full)
     }
 }

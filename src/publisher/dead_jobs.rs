@@ -2,11 +2,17 @@
 //! the canceller. Each pass first vouches for this replica's own jobs that no handler speaks
 //! for (waiting in its channel, paused, or finished with the outcome not yet written), and
 //! checks that its running jobs are still its own, stopping the tasks of those settled elsewhere.
+//!
+//! After the database has been out of reach, every replica lost it at the same moment, so every
+//! job looks silent. A replica that has just got the database back therefore vouches for its
+//! own jobs but sweeps for nobody else's until `dead_after` has passed: by then every live
+//! replica has had the time to vouch for its jobs again, and only the dead ones' stay silent.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::Publisher;
 use crate::held::State;
@@ -21,12 +27,30 @@ pub(crate) struct DeadJobs {
     pub replica: Arc<Replica>,
     pub dead_after: Duration,
     pub canceller: mpsc::Sender<DeadJob>,
+    /// Set when a pass failed or crawled: the database was out of reach. Only this loop reads
+    /// and writes it, as it does `quiet_until`.
+    pub out_of_touch: bool,
+    /// No sweep before this instant: other replicas are still vouching again after an outage.
+    pub quiet_until: Option<Instant>,
 }
 
-impl Publisher for DeadJobs {
-    const NAME: &'static str = "dead-jobs";
+impl DeadJobs {
+    pub fn new(
+        replica: Arc<Replica>,
+        dead_after: Duration,
+        canceller: mpsc::Sender<DeadJob>,
+    ) -> Self {
+        DeadJobs {
+            replica,
+            dead_after,
+            canceller,
+            out_of_touch: false,
+            quiet_until: None,
+        }
+    }
 
-    async fn run_once(&mut self) -> Result<bool> {
+    /// Vouches for this replica's waiting jobs and stops the tasks of jobs it no longer holds.
+    async fn vouch(&self) -> Result<()> {
         let replica = &self.replica;
         let (store, worker, held) = (&replica.store, &replica.worker, &replica.held);
         let waiting = held.ids(&[State::Queued, State::Paused, State::Finishing]);
@@ -39,12 +63,47 @@ impl Publisher for DeadJobs {
                 tracing::info!(job = id, "job was settled elsewhere; stopping its task");
             }
         }
-        for job in store.find_dead(self.dead_after, BATCH).await? {
+        Ok(())
+    }
+
+    async fn sweep(&self) -> Result<()> {
+        for job in self.replica.store.find_dead(self.dead_after, BATCH).await? {
             if self.canceller.send(job).await.is_err() {
                 break;
             }
         }
-        replica.alive().await;
+        Ok(())
+    }
+}
+
+impl Publisher for DeadJobs {
+    const NAME: &'static str = "dead-jobs";
+
+    async fn run_once(&mut self) -> Result<bool> {
+        let began = Instant::now();
+        if let Err(error) = self.vouch().await {
+            self.out_of_touch = true;
+            return Err(error);
+        }
+        // A pass that took half of `dead_after` met a database that hardly answered: the other
+        // replicas may not have reached it either.
+        if self.out_of_touch || began.elapsed() > self.dead_after / 2 {
+            self.out_of_touch = false;
+            self.quiet_until = Some(Instant::now() + self.dead_after);
+            tracing::info!(
+                wait = ?self.dead_after,
+                "database reached again; no sweep for dead jobs until the other replicas have vouched for theirs"
+            );
+        }
+        self.replica.alive().await;
+        if self.quiet_until.is_some_and(|until| Instant::now() < until) {
+            return Ok(false);
+        }
+        self.quiet_until = None;
+        if let Err(error) = self.sweep().await {
+            self.out_of_touch = true;
+            return Err(error);
+        }
         // The canceller settles what was sent before the next pass looks again.
         Ok(false)
     }

@@ -10,7 +10,7 @@ use super::Publisher;
 use crate::held::{State, Wires};
 use crate::job::ClaimedJob;
 use crate::replica::Replica;
-use crate::store::Result;
+use crate::store::{Claim, Result};
 
 /// A claimed job on its way to a consumer.
 pub(crate) struct Claimed {
@@ -27,6 +27,8 @@ pub(crate) struct NewJobs {
     pub channel: mpsc::Sender<Claimed>,
     /// Claims start jobs in the same write: set when the replica has no rate limit.
     pub start: bool,
+    /// `max_payload_bytes`: larger values are never fetched.
+    pub max_bytes: u64,
 }
 
 impl Publisher for NewJobs {
@@ -43,10 +45,13 @@ impl Publisher for NewJobs {
             return Ok(false);
         }
         let wanted = u32::try_from(slots.len()).unwrap_or(u32::MAX);
-        let jobs = replica
-            .store
-            .claim(&replica.worker, wanted, self.start)
-            .await?;
+        let claim = Claim {
+            worker: &replica.worker,
+            limit: wanted,
+            start: self.start,
+            max_bytes: self.max_bytes,
+        };
+        let jobs = replica.store.claim(&claim).await?;
         let full = jobs.len() == slots.len();
         replica.backlog.store(full, Ordering::Relaxed);
         for (job, slot) in jobs.into_iter().zip(slots) {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::FromRow as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -43,14 +44,19 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts one job with the table's defaults for whatever `job` leaves out.
     async fn insert(&self, job: &NewJob) -> Result<i64>;
 
-    /// Claims up to `limit` NEW jobs whose `run_at` has come, oldest first: QUEUED, `queued_at`,
-    /// `worker`. Rows another replica is claiming at the same moment are skipped, not waited for.
+    /// Claims up to `claim.limit` NEW jobs whose `run_at` has come, by `run_at` then id: QUEUED,
+    /// `queued_at`, `worker`. Rows another replica is claiming at the same moment are skipped,
+    /// not waited for.
     ///
-    /// With `start`, the same write also starts them (RUNNING, `started_at` = `queued_at`, one
-    /// more attempt): a replica without a rate limit starts what it claims at once, so the
+    /// With `claim.start`, the same write also starts them (RUNNING, `started_at` = `queued_at`,
+    /// one more attempt): a replica without a rate limit starts what it claims at once, so the
     /// start is true and one write per job is saved. `attempts` in the result is still the
     /// count before this run.
-    async fn claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>>;
+    ///
+    /// Every row claimed comes back, each decoded on its own: a row that cannot run (a value
+    /// of the wrong type, a payload over `claim.max_bytes`, which is never fetched) comes back
+    /// with [`ClaimedJob::unfit`] saying why, to end FAILED like any other run.
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>>;
 
     /// QUEUED by `worker` → RUNNING, `started_at`, one more attempt.
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool>;
@@ -99,9 +105,15 @@ pub trait Store: Send + Sync + 'static {
     /// Of the jobs this worker is running or holds paused, those that are no longer so.
     async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>>;
 
-    /// Jobs with a pending `control` request, oldest first; `silent` says whether the holder
-    /// has vouched for the row within `dead_after`.
-    async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>>;
+    /// Jobs with a pending `control` request and an id above `after`, in id order; `silent`
+    /// says whether the holder has vouched for the row within `dead_after`. Callers page
+    /// through with `after`, so requests that must wait never hide the ones behind them.
+    async fn find_controls(
+        &self,
+        dead_after: Duration,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ControlRequest>>;
 
     /// Carries out `action` on a request, if the row still has the status and request that
     /// `find_controls` saw. [`ControlAction::Signal`] and [`ControlAction::Leave`] write nothing.
@@ -159,6 +171,31 @@ pub trait Store: Send + Sync + 'static {
     /// Wakes the publishers in `wakes` when jobs are inserted or control requests written,
     /// until `stop`. Backends that cannot be told return at once, and the publishers poll.
     async fn watch(&self, _wakes: Wakes, _stop: CancellationToken) {}
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub worker: &'a str,
+    /// At most this many jobs: the consumer slots free right now.
+    pub limit: u32,
+    /// Start them in the same write: no rate limit stands between claim and start.
+    pub start: bool,
+    /// A `payload`, `progress` or `kind` longer than this many bytes is not fetched; its job
+    /// ends FAILED.
+    pub max_bytes: u64,
+}
+
+impl<'a> Claim<'a> {
+    /// A claim with the default `max_payload_bytes`.
+    pub fn new(worker: &'a str, limit: u32, start: bool) -> Self {
+        Claim {
+            worker,
+            limit,
+            start,
+            max_bytes: 1 << 20,
+        }
+    }
 }
 
 /// The publishers a database notification can wake.
@@ -388,6 +425,27 @@ where
         .collect()
 }
 
+/// Whole rows, each decoded on its own: a row a user wrote with a value that cannot be read
+/// is left out with a warning, and never hides the others from `jobsd status`.
+fn whole_rows<R>(rows: &[R]) -> Vec<JobRow>
+where
+    R: sqlx::Row,
+    for<'r> JobRow: sqlx::FromRow<'r, R>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .filter_map(|row| match JobRow::from_row(row) {
+            Ok(job) => Some(job),
+            Err(error) => {
+                let id: Option<i64> = row.try_get("id").ok();
+                tracing::warn!(job = ?id, %error, "a row cannot be read; left out");
+                None
+            }
+        })
+        .collect()
+}
+
 /// `url` with its database (path) replaced by `name`.
 fn with_database(url: &str, name: &str) -> Result<String> {
     let mut url = url::Url::parse(url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
@@ -416,22 +474,130 @@ fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// One more attempt, saturating: a row a user wrote with `attempts` at the column's maximum
+/// must not make the whole statement fail ("out of range") and take the other rows with it.
+const NEXT_ATTEMPT: &str =
+    "attempts = CASE WHEN attempts < 2147483647 THEN attempts + 1 ELSE attempts END";
+
+/// One attempt given back, never below zero (a user may write `attempts = 0` on any row).
+const ATTEMPT_BACK: &str = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END";
+
 /// The SET of a claim: QUEUED, or with `start` RUNNING as well; `now` is the dialect's clock.
 fn claimed_as(start: bool, now: &str) -> String {
     if start {
-        format!("status = 'RUNNING', started_at = {now}, attempts = attempts + 1")
+        format!("status = 'RUNNING', started_at = {now}, {NEXT_ATTEMPT}")
     } else {
         "status = 'QUEUED'".to_owned()
     }
 }
 
-/// What a claim returns: `attempts` counted before the run, whether or not the claim started it.
+/// The columns a claim returns: what [`claimed`] decodes. Each big text comes only when it
+/// fits `max` bytes, with its size beside it, so a huge value is never sent to the replica at
+/// all. `size` is the dialect's byte length of a column, as a 64-bit integer.
+fn claimed_columns(size: fn(&str) -> String, max: &str) -> String {
+    let gated = |column: &str| {
+        let bytes = size(column);
+        format!(
+            "CASE WHEN {bytes} <= {max} THEN {column} END AS {column}, {bytes} AS {column}_bytes"
+        )
+    };
+    format!(
+        "id, {}, object_id, sleep, {}, {}, attempts, max_attempts",
+        gated("kind"),
+        gated("payload"),
+        gated("progress")
+    )
+}
+
+/// Decodes one claimed row, each on its own. A value that does not decode, or a text over `max_bytes`, makes
+/// the job unfit to run rather than failing the claim: the other rows of the batch run.
+fn claimed<R>(row: &R, max_bytes: u64) -> Result<ClaimedJob>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    // The id always decodes (an integer key); without it the row could not even be failed.
+    let id: i64 = row.try_get("id")?;
+    let mut unfit = Vec::new();
+    let mut get = |column: &str| -> Option<String> {
+        let bytes = match row.try_get::<Option<i64>, _>(format!("{column}_bytes").as_str()) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                unfit.push(format!("the size of {column} cannot be read: {error}"));
+                return None;
+            }
+        };
+        match bytes {
+            Some(bytes) if u64::try_from(bytes).unwrap_or(u64::MAX) > max_bytes => {
+                unfit.push(format!(
+                    "{column} too large: {bytes} bytes, more than max_payload_bytes ({max_bytes})"
+                ));
+                None
+            }
+            _ => match row.try_get::<Option<String>, _>(column) {
+                Ok(value) => value,
+                Err(error) => {
+                    unfit.push(format!("{column} cannot be read as text: {error}"));
+                    None
+                }
+            },
+        }
+    };
+    let kind = get("kind").unwrap_or_default();
+    let payload = get("payload");
+    let progress = get("progress");
+    let number = |column: &str, unfit: &mut Vec<String>| -> Option<i64> {
+        match row.try_get::<Option<i64>, _>(column) {
+            Ok(value) => value,
+            Err(error) => {
+                unfit.push(format!("{column} is not a whole number: {error}"));
+                None
+            }
+        }
+    };
+    let object_id = number("object_id", &mut unfit);
+    let sleep = number("sleep", &mut unfit);
+    let mut count = |column: &str, fallback: i32| -> i32 {
+        match row.try_get::<i32, _>(column) {
+            Ok(value) => value,
+            Err(error) => {
+                unfit.push(format!("{column} is not a count: {error}"));
+                fallback
+            }
+        }
+    };
+    let attempts = count("attempts", 0);
+    let max_attempts = count("max_attempts", 1);
+    Ok(ClaimedJob {
+        id,
+        kind,
+        object_id,
+        sleep,
+        payload,
+        progress,
+        attempts,
+        max_attempts,
+        unfit: (!unfit.is_empty()).then(|| unfit.join("; ")),
+    })
+}
+
+/// What a claim returns: `attempts` counted before the run, whether or not the claim started it,
+/// oldest first; a job whose attempts were used up before it ran is unfit to run.
 fn before_run(mut jobs: Vec<ClaimedJob>, started: bool) -> Vec<ClaimedJob> {
     // RETURNING keeps no order; start the oldest first.
     jobs.sort_by_key(|job| job.id);
-    if started {
-        for job in &mut jobs {
-            job.attempts -= 1;
+    for job in &mut jobs {
+        if started {
+            job.attempts = job.attempts.saturating_sub(1);
+        }
+        if job.unfit.is_none() && job.attempts >= job.max_attempts {
+            job.unfit = Some(format!(
+                "attempts ({}) had already reached max_attempts ({}) before this run",
+                job.attempts, job.max_attempts
+            ));
         }
     }
     jobs
@@ -446,9 +612,6 @@ fn done_ids(outcomes: &[(i64, Outcome)]) -> Vec<i64> {
         .collect()
 }
 
-/// The columns of [`ClaimedJob`], in every dialect.
-const CLAIMED: &str = "id, kind, object_id, sleep, payload, progress, attempts, max_attempts";
-
 /// The columns of [`JobRow`], in every dialect.
 const ROW: &str = "id, kind, object_id, sleep, status, created_at, run_at, queued_at, started_at, \
                    finished_at, cancelled_at, heartbeat_at, attempts, max_attempts, last_error, control, \
@@ -456,6 +619,65 @@ const ROW: &str = "id, kind, object_id, sleep, status, created_at, run_at, queue
 
 /// Why a terminated job was cancelled, in its `last_error`.
 pub const TERMINATED: &str = "terminated on request";
+
+/// A job's last sign of life: a heartbeat, else its start, else its claim, else (a row a user
+/// wrote as QUEUED or RUNNING) its creation.
+const LAST_SIGN: &str = "COALESCE(heartbeat_at, started_at, queued_at, created_at)";
+
+/// The longest `last_error` jobsd writes, in bytes: well inside MySQL's TEXT (65535 bytes), and
+/// still a sentence a person reads.
+pub const MAX_REASON_BYTES: usize = 4000;
+
+/// `reason` as every database stores it: NUL bytes (PostgreSQL refuses them in text) replaced,
+/// and cut on a character boundary to [`MAX_REASON_BYTES`].
+pub fn storable(reason: &str) -> std::borrow::Cow<'_, str> {
+    if reason.len() <= MAX_REASON_BYTES && !reason.contains('\0') {
+        return std::borrow::Cow::Borrowed(reason);
+    }
+    const CUT: &str = " … (cut)";
+    let mut text = reason.replace('\0', "\u{FFFD}");
+    if text.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES - CUT.len();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(CUT);
+    }
+    std::borrow::Cow::Owned(text)
+}
+
+/// Whether trying `error` again later may succeed: the connection, the server, or a lock race
+/// failed, not the data. A data error will fail every time, so it is settled, never retried.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => {
+            // MySQL: 1205 lock wait timeout (SQLSTATE HY000, too broad to go by).
+            if let Some(error) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                if error.number() == 1205 {
+                    return true;
+                }
+            }
+            let code = error.code().unwrap_or_default();
+            // SQLite: the numeric result code, BUSY (5) or LOCKED (6) in any extended form.
+            if let Ok(number) = code.parse::<i32>() {
+                return matches!(number & 0xff, 5 | 6);
+            }
+            // SQLSTATE classes: 08 connection, 40 rolled back (deadlock, serialization),
+            // 53 out of resources, 57 operator intervention (shutdown, restart).
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }
+        _ => false,
+    }
+}
 
 /// The columns of [`DeadJob`], in every dialect.
 const DEAD: &str = "id, status, attempts, max_attempts, worker";
@@ -480,6 +702,16 @@ mod tests {
         ] {
             assert!(!is_identifier(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn reasons_fit_every_database() {
+        assert_eq!(storable("plain"), "plain");
+        assert_eq!(storable("a\0b"), "a\u{FFFD}b");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let cut = storable(&long);
+        assert!(cut.len() <= MAX_REASON_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("(cut)"));
     }
 
     #[test]

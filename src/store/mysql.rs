@@ -15,8 +15,9 @@ use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, claimed_as, done_ids,
-    inserts, micros, probe, text_rows,
+    ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
+    TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, inserts,
+    micros, probe, storable, text_rows, whole_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -24,8 +25,9 @@ use crate::job::{
 };
 
 /// Binds `dead_after` in microseconds: the row is still as silent as when it was found dead.
-const STILL_DEAD: &str =
-    "COALESCE(heartbeat_at, started_at, queued_at) < NOW(6) - INTERVAL ? MICROSECOND";
+fn still_dead() -> String {
+    format!("{LAST_SIGN} < NOW(6) - INTERVAL ? MICROSECOND")
+}
 
 /// How long a replica waits for another's migrations before it gives up.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
@@ -102,28 +104,41 @@ impl MySqlStore {
         retry_deadlocks(|| async { Ok(build().execute(&self.pool).await?.rows_affected()) }).await
     }
 
-    async fn try_claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>> {
+    async fn try_claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
         let mut tx = self.pool.begin().await?;
+        // LENGTH counts bytes, from the row's header for an off-page value.
         let sql = format!(
-            "SELECT {CLAIMED} FROM jobs WHERE status = 'NEW' AND run_at <= NOW(6) \
-             ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
+            "SELECT {} FROM jobs WHERE status = 'NEW' AND run_at <= NOW(6) \
+             ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+            claimed_columns(|column| format!("CAST(LENGTH({column}) AS SIGNED)"), "?")
         );
-        let jobs: Vec<ClaimedJob> = sqlx::query_as(&sql).bind(limit).fetch_all(&mut *tx).await?;
+        let max = i64::try_from(claim.max_bytes).unwrap_or(i64::MAX);
+        let rows = sqlx::query(&sql)
+            .bind(max)
+            .bind(max)
+            .bind(max)
+            .bind(claim.limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let jobs: Vec<ClaimedJob> = rows
+            .iter()
+            .map(|row| claimed(row, claim.max_bytes))
+            .collect::<Result<_>>()?;
         if jobs.is_empty() {
             return Ok(jobs);
         }
         let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
         let sql = format!(
             "UPDATE jobs SET {}, queued_at = NOW(6), heartbeat_at = NULL, worker = ? WHERE {}",
-            claimed_as(start, "NOW(6)"),
+            claimed_as(claim.start, "NOW(6)"),
             in_ids(ids.len())
         );
-        bind_each(sqlx::query(&sql).bind(worker), &ids)
+        bind_each(sqlx::query(&sql).bind(claim.worker), &ids)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         // The rows were read before the update: `attempts` is already the count before the run.
-        Ok(jobs)
+        Ok(before_run(jobs, false))
     }
 
     async fn try_finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
@@ -162,14 +177,14 @@ impl MySqlStore {
                     "UPDATE jobs SET status = 'FAILED', finished_at = NOW(6), last_error = ? \
                      WHERE id = ?",
                 )
-                .bind(reason),
+                .bind(storable(reason)),
                 Outcome::Retry { backoff, reason } => sqlx::query(
                     "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
                      last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
                      WHERE id = ?",
                 )
                 .bind(micros(*backoff))
-                .bind(reason),
+                .bind(storable(reason)),
             };
             query.bind(id).execute(&mut *tx).await?;
         }
@@ -304,20 +319,17 @@ impl Store for MySqlStore {
         Ok(i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX))
     }
 
-    async fn claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>> {
-        retry_deadlocks(|| self.try_claim(worker, limit, start)).await
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
+        retry_deadlocks(|| self.try_claim(claim)).await
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
+        let sql = format!(
+            "UPDATE jobs SET status = 'RUNNING', started_at = NOW(6), heartbeat_at = NULL, \
+             {NEXT_ATTEMPT} WHERE id = ? AND status = 'QUEUED' AND worker = ?"
+        );
         let done = self
-            .write(|| {
-                sqlx::query(
-                    "UPDATE jobs SET status = 'RUNNING', started_at = NOW(6), heartbeat_at = NULL, \
-                     attempts = attempts + 1 WHERE id = ? AND status = 'QUEUED' AND worker = ?",
-                )
-                .bind(id)
-                .bind(worker)
-            })
+            .write(|| sqlx::query(&sql).bind(id).bind(worker))
             .await?;
         Ok(done == 1)
     }
@@ -354,18 +366,14 @@ impl Store for MySqlStore {
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
         // The CASE reads `status` before this statement's SET changes it: MySQL assigns left to
         // right, so `attempts` comes before `status` here.
-        self.write(|| {
-            sqlx::query(
-                "UPDATE jobs SET attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE attempts - 1 END, \
-                 status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
-                 worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ? AND (? IS NULL OR id = ?)",
-            )
-            .bind(worker)
-            .bind(id)
-            .bind(id)
-        })
-        .await
+        let sql = format!(
+            "UPDATE jobs SET attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
+             status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
+             worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ? AND (? IS NULL OR id = ?)"
+        );
+        self.write(|| sqlx::query(&sql).bind(worker).bind(id).bind(id))
+            .await
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
@@ -382,8 +390,9 @@ impl Store for MySqlStore {
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
         let sql = format!(
-            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND {STILL_DEAD} \
-             ORDER BY id LIMIT ?"
+            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND {} \
+             ORDER BY id LIMIT ?",
+            still_dead()
         );
         sqlx::query_as(&sql)
             .bind(micros(dead_after))
@@ -401,16 +410,19 @@ impl Store for MySqlStore {
         let sql = match how {
             Settlement::Requeue => format!(
                 "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ? AND status = 'QUEUED' AND worker = ? AND {STILL_DEAD}"
+                 WHERE id = ? AND status = 'QUEUED' AND worker <=> ? AND {}",
+                still_dead()
             ),
             Settlement::Retry { .. } => format!(
                 "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
                  last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ? AND status = 'RUNNING' AND worker = ? AND {STILL_DEAD}"
+                 WHERE id = ? AND status = 'RUNNING' AND worker <=> ? AND {}",
+                still_dead()
             ),
             Settlement::Cancel { .. } => format!(
                 "UPDATE jobs SET status = 'CANCELLED', cancelled_at = NOW(6), finished_at = NOW(6), \
-                 last_error = ? WHERE id = ? AND status = 'RUNNING' AND worker = ? AND {STILL_DEAD}"
+                 last_error = ? WHERE id = ? AND status = 'RUNNING' AND worker <=> ? AND {}",
+                still_dead()
             ),
         };
         let done = self
@@ -419,9 +431,9 @@ impl Store for MySqlStore {
                 let query = match how {
                     Settlement::Requeue => query,
                     Settlement::Retry { backoff, reason } => {
-                        query.bind(micros(*backoff)).bind(reason)
+                        query.bind(micros(*backoff)).bind(storable(reason))
                     }
-                    Settlement::Cancel { reason } => query.bind(reason),
+                    Settlement::Cancel { reason } => query.bind(storable(reason)),
                 };
                 query
                     .bind(job.id)
@@ -447,13 +459,19 @@ impl Store for MySqlStore {
         Ok(lost.into_iter().map(|(id,)| id).collect())
     }
 
-    async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>> {
+    async fn find_controls(
+        &self,
+        dead_after: Duration,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ControlRequest>> {
         sqlx::query_as(
             "SELECT id, status, control, worker, CAST(\
              COALESCE(heartbeat_at, created_at) < NOW(6) - INTERVAL ? MICROSECOND AS SIGNED) AS silent \
-             FROM jobs WHERE control IS NOT NULL ORDER BY id LIMIT ?",
+             FROM jobs WHERE control IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(micros(dead_after))
+        .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -467,7 +485,7 @@ impl Store for MySqlStore {
                  heartbeat_at = NULL {SEEN}"
             ),
             ControlAction::ResumeDetached => format!(
-                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE attempts - 1 END, \
+                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
                  status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
                  heartbeat_at = NULL {SEEN} AND worker <=> ?"
             ),
@@ -556,10 +574,12 @@ impl Store for MySqlStore {
         let sql = format!(
             "SELECT * FROM (SELECT {ROW} FROM jobs {only} ORDER BY id DESC LIMIT ?) newest ORDER BY id"
         );
-        bind_ids(sqlx::query_as(&sql), ids)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        Ok(whole_rows(&rows))
     }
 
     async fn counts(&self) -> Result<Vec<(Status, i64)>> {

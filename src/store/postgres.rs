@@ -12,8 +12,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, Wakes, before_run,
-    claimed_as, column_list, done_ids, micros, probe, text_rows,
+    ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
+    TERMINATED, TextRow, Wakes, before_run, claimed, claimed_as, claimed_columns, column_list,
+    done_ids, micros, probe, storable, text_rows, whole_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -27,8 +28,9 @@ const NEW_JOBS_CHANNEL: &str = "jobsd_new_jobs";
 const CONTROL_CHANNEL: &str = "jobsd_control";
 
 /// `$3` is `dead_after` in microseconds: the row is still as silent as when it was found dead.
-const STILL_DEAD: &str =
-    "COALESCE(heartbeat_at, started_at, queued_at) < now() - $3 * interval '1 microsecond'";
+fn still_dead() -> String {
+    format!("{LAST_SIGN} < now() - $3 * interval '1 microsecond'")
+}
 
 /// Text casts and `$n` bounds.
 const EXPORT: ExportDialect = ExportDialect {
@@ -104,31 +106,43 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>> {
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
+        // octet_length of a TOASTed value reads its size, not the value.
         let sql = format!(
             "UPDATE jobs SET {}, queued_at = now(), worker = $1, heartbeat_at = NULL \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'NEW' AND run_at <= now() \
                           ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING {CLAIMED}",
-            claimed_as(start, "now()")
+             RETURNING {}",
+            claimed_as(claim.start, "now()"),
+            claimed_columns(
+                |column| format!("CAST(octet_length({column}) AS BIGINT)"),
+                "$3"
+            )
         );
-        let jobs = sqlx::query_as(&sql)
-            .bind(worker)
-            .bind(i64::from(limit))
+        let rows = sqlx::query(&sql)
+            .bind(claim.worker)
+            .bind(i64::from(claim.limit))
+            .bind(i64::try_from(claim.max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        Ok(before_run(jobs, start))
+        Ok(before_run(
+            rows.iter()
+                .map(|row| claimed(row, claim.max_bytes))
+                .collect::<Result<_>>()?,
+            claim.start,
+        ))
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE jobs SET status = 'RUNNING', started_at = now(), heartbeat_at = NULL, \
-             attempts = attempts + 1 WHERE id = $1 AND status = 'QUEUED' AND worker = $2",
-        )
-        .bind(id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
+             {NEXT_ATTEMPT} WHERE id = $1 AND status = 'QUEUED' AND worker = $2"
+        );
+        let done = sqlx::query(&sql)
+            .bind(id)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -186,7 +200,7 @@ impl Store for PostgresStore {
                 )
                 .bind(id)
                 .bind(worker)
-                .bind(reason),
+                .bind(storable(reason)),
                 Outcome::Retry { backoff, reason } => sqlx::query(
                     "UPDATE jobs SET status = 'NEW', run_at = now() + $3 * interval '1 microsecond', \
                      last_error = $4, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
@@ -195,7 +209,7 @@ impl Store for PostgresStore {
                 .bind(id)
                 .bind(worker)
                 .bind(micros(*backoff))
-                .bind(reason),
+                .bind(storable(reason)),
             };
             if query.execute(&mut *tx).await?.rows_affected() == 1 {
                 won.push(*id);
@@ -206,16 +220,17 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE jobs SET status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
-             attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE attempts - 1 END, \
+             attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
              worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = $1 AND ($2::BIGINT IS NULL OR id = $2)",
-        )
-        .bind(worker)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = $1 AND ($2::BIGINT IS NULL OR id = $2)"
+        );
+        let done = sqlx::query(&sql)
+            .bind(worker)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -234,7 +249,7 @@ impl Store for PostgresStore {
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
         let sql = format!(
             "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') \
-             AND COALESCE(heartbeat_at, started_at, queued_at) < now() - $1 * interval '1 microsecond' \
+             AND {LAST_SIGN} < now() - $1 * interval '1 microsecond' \
              ORDER BY id LIMIT $2"
         );
         sqlx::query_as(&sql)
@@ -253,16 +268,20 @@ impl Store for PostgresStore {
         let sql = match how {
             Settlement::Requeue => format!(
                 "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
-                 WHERE id = $1 AND status = 'QUEUED' AND worker = $2 AND {STILL_DEAD}"
+                 WHERE id = $1 AND status = 'QUEUED' AND worker IS NOT DISTINCT FROM $2 AND {}",
+                still_dead()
             ),
             Settlement::Retry { .. } => format!(
                 "UPDATE jobs SET status = 'NEW', run_at = now() + $4 * interval '1 microsecond', \
                  last_error = $5, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = $1 AND status = 'RUNNING' AND worker = $2 AND {STILL_DEAD}"
+                 WHERE id = $1 AND status = 'RUNNING' AND worker IS NOT DISTINCT FROM $2 AND {}",
+                still_dead()
             ),
             Settlement::Cancel { .. } => format!(
                 "UPDATE jobs SET status = 'CANCELLED', cancelled_at = now(), finished_at = now(), \
-                 last_error = $4 WHERE id = $1 AND status = 'RUNNING' AND worker = $2 AND {STILL_DEAD}"
+                 last_error = $4 WHERE id = $1 AND status = 'RUNNING' \
+                 AND worker IS NOT DISTINCT FROM $2 AND {}",
+                still_dead()
             ),
         };
         let mut query = sqlx::query(&sql)
@@ -271,8 +290,10 @@ impl Store for PostgresStore {
             .bind(micros(dead_after));
         query = match how {
             Settlement::Requeue => query,
-            Settlement::Retry { backoff, reason } => query.bind(micros(*backoff)).bind(reason),
-            Settlement::Cancel { reason } => query.bind(reason),
+            Settlement::Retry { backoff, reason } => {
+                query.bind(micros(*backoff)).bind(storable(reason))
+            }
+            Settlement::Cancel { reason } => query.bind(storable(reason)),
         };
         let done = query.execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
@@ -292,15 +313,21 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>> {
+    async fn find_controls(
+        &self,
+        dead_after: Duration,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ControlRequest>> {
         sqlx::query_as(
             "SELECT id, status, control, worker, CAST(CASE WHEN \
              COALESCE(heartbeat_at, created_at) < now() - $1 * interval '1 microsecond' \
              THEN 1 ELSE 0 END AS BIGINT) AS silent \
-             FROM jobs WHERE control IS NOT NULL ORDER BY id LIMIT $2",
+             FROM jobs WHERE control IS NOT NULL AND id > $3 ORDER BY id LIMIT $2",
         )
         .bind(micros(dead_after))
         .bind(i64::from(limit))
+        .bind(after)
         .fetch_all(&self.pool)
         .await
     }
@@ -313,7 +340,7 @@ impl Store for PostgresStore {
                  heartbeat_at = NULL {SEEN}"
             ),
             ControlAction::ResumeDetached => format!(
-                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE attempts - 1 END, \
+                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
                  status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
                  heartbeat_at = NULL {SEEN} AND worker IS NOT DISTINCT FROM $4"
             ),
@@ -423,11 +450,12 @@ impl Store for PostgresStore {
             "SELECT {ROW} FROM (SELECT * FROM jobs WHERE cardinality($1::BIGINT[]) = 0 OR id = ANY($1) \
              ORDER BY id DESC LIMIT $2) newest ORDER BY id"
         );
-        sqlx::query_as(&sql)
+        let rows = sqlx::query(&sql)
             .bind(ids)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        Ok(whole_rows(&rows))
     }
 
     async fn counts(&self) -> Result<Vec<(Status, i64)>> {

@@ -14,8 +14,9 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    CLAIMED, CONNECT_TIMEOUT, DEAD, ROW, Result, Store, TERMINATED, TextRow, before_run,
-    claimed_as, done_ids, inserts, json_ids, probe, text_rows,
+    ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
+    TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, inserts,
+    json_ids, probe, storable, text_rows, whole_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -29,7 +30,9 @@ const MAX_CONNECTIONS: u32 = 4;
 const RACE_TRIES: u32 = 5;
 
 /// `?3` is the cutoff time: the row is still as silent as when it was found dead.
-const STILL_DEAD: &str = "COALESCE(heartbeat_at, started_at, queued_at) < ?3";
+fn still_dead() -> String {
+    format!("{LAST_SIGN} < ?3")
+}
 
 /// Text casts and numbered bounds.
 const EXPORT: ExportDialect = ExportDialect {
@@ -169,33 +172,42 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim(&self, worker: &str, limit: u32, start: bool) -> Result<Vec<ClaimedJob>> {
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
+        // octet_length reads a value's size from the record header, not the value itself.
         let sql = format!(
             "UPDATE jobs SET {}, queued_at = ?1, worker = ?2, heartbeat_at = NULL \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'NEW' AND run_at <= ?1 \
                           ORDER BY run_at, id LIMIT ?3) \
-             RETURNING {CLAIMED}",
-            claimed_as(start, "?1")
+             RETURNING {}",
+            claimed_as(claim.start, "?1"),
+            claimed_columns(|column| format!("octet_length({column})"), "?4")
         );
-        let jobs = sqlx::query_as(&sql)
+        let rows = sqlx::query(&sql)
             .bind(now())
-            .bind(worker)
-            .bind(limit)
+            .bind(claim.worker)
+            .bind(claim.limit)
+            .bind(i64::try_from(claim.max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        Ok(before_run(jobs, start))
+        Ok(before_run(
+            rows.iter()
+                .map(|row| claimed(row, claim.max_bytes))
+                .collect::<Result<_>>()?,
+            claim.start,
+        ))
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE jobs SET status = 'RUNNING', started_at = ?3, heartbeat_at = NULL, \
-             attempts = attempts + 1 WHERE id = ?1 AND status = 'QUEUED' AND worker = ?2",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
+             {NEXT_ATTEMPT} WHERE id = ?1 AND status = 'QUEUED' AND worker = ?2"
+        );
+        let done = sqlx::query(&sql)
+            .bind(id)
+            .bind(worker)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -253,7 +265,7 @@ impl Store for SqliteStore {
                 .bind(id)
                 .bind(worker)
                 .bind(&at)
-                .bind(reason),
+                .bind(storable(reason)),
                 Outcome::Retry { backoff, reason } => sqlx::query(
                     "UPDATE jobs SET status = 'NEW', run_at = ?3, last_error = ?4, worker = NULL, \
                      queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
@@ -262,7 +274,7 @@ impl Store for SqliteStore {
                 .bind(id)
                 .bind(worker)
                 .bind(after(*backoff))
-                .bind(reason),
+                .bind(storable(reason)),
             };
             if query.execute(&mut *tx).await?.rows_affected() == 1 {
                 won.push(*id);
@@ -273,16 +285,17 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE jobs SET status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
-             attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE attempts - 1 END, \
+             attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
              worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ?1 AND (?2 IS NULL OR id = ?2)",
-        )
-        .bind(worker)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ?1 AND (?2 IS NULL OR id = ?2)"
+        );
+        let done = sqlx::query(&sql)
+            .bind(worker)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -302,7 +315,7 @@ impl Store for SqliteStore {
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
         let sql = format!(
             "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') \
-             AND COALESCE(heartbeat_at, started_at, queued_at) < ?1 ORDER BY id LIMIT ?2"
+             AND {LAST_SIGN} < ?1 ORDER BY id LIMIT ?2"
         );
         sqlx::query_as(&sql)
             .bind(before(dead_after))
@@ -320,16 +333,19 @@ impl Store for SqliteStore {
         let sql = match how {
             Settlement::Requeue => format!(
                 "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ?1 AND status = 'QUEUED' AND worker = ?2 AND {STILL_DEAD}"
+                 WHERE id = ?1 AND status = 'QUEUED' AND worker IS ?2 AND {}",
+                still_dead()
             ),
             Settlement::Retry { .. } => format!(
                 "UPDATE jobs SET status = 'NEW', run_at = ?4, last_error = ?5, worker = NULL, \
                  queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2 AND {STILL_DEAD}"
+                 WHERE id = ?1 AND status = 'RUNNING' AND worker IS ?2 AND {}",
+                still_dead()
             ),
             Settlement::Cancel { .. } => format!(
                 "UPDATE jobs SET status = 'CANCELLED', cancelled_at = ?4, finished_at = ?4, last_error = ?5 \
-                 WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2 AND {STILL_DEAD}"
+                 WHERE id = ?1 AND status = 'RUNNING' AND worker IS ?2 AND {}",
+                still_dead()
             ),
         };
         let query = sqlx::query(&sql)
@@ -338,8 +354,10 @@ impl Store for SqliteStore {
             .bind(before(dead_after));
         let query = match how {
             Settlement::Requeue => query,
-            Settlement::Retry { backoff, reason } => query.bind(after(*backoff)).bind(reason),
-            Settlement::Cancel { reason } => query.bind(now()).bind(reason),
+            Settlement::Retry { backoff, reason } => {
+                query.bind(after(*backoff)).bind(storable(reason))
+            }
+            Settlement::Cancel { reason } => query.bind(now()).bind(storable(reason)),
         };
         let done = query.execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
@@ -359,14 +377,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn find_controls(&self, dead_after: Duration, limit: u32) -> Result<Vec<ControlRequest>> {
+    async fn find_controls(
+        &self,
+        dead_after: Duration,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ControlRequest>> {
         sqlx::query_as(
             "SELECT id, status, control, worker, \
              CAST(COALESCE(heartbeat_at, created_at) < ?1 AS INTEGER) AS silent \
-             FROM jobs WHERE control IS NOT NULL ORDER BY id LIMIT ?2",
+             FROM jobs WHERE control IS NOT NULL AND id > ?3 ORDER BY id LIMIT ?2",
         )
         .bind(before(dead_after))
         .bind(limit)
+        .bind(after)
         .fetch_all(&self.pool)
         .await
     }
@@ -379,7 +403,7 @@ impl Store for SqliteStore {
                  heartbeat_at = NULL {SEEN}"
             ),
             ControlAction::ResumeDetached => format!(
-                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE attempts - 1 END, \
+                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
                  status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
                  heartbeat_at = NULL {SEEN} AND worker IS ?4"
             ),
@@ -474,11 +498,12 @@ impl Store for SqliteStore {
              WHERE ?1 = '[]' OR id IN (SELECT value FROM json_each(?1)) \
              ORDER BY id DESC LIMIT ?2) ORDER BY id"
         );
-        sqlx::query_as(&sql)
+        let rows = sqlx::query(&sql)
             .bind(json_ids(ids))
             .bind(limit)
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        Ok(whole_rows(&rows))
     }
 
     async fn counts(&self) -> Result<Vec<(Status, i64)>> {

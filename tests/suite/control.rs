@@ -271,7 +271,14 @@ async fn a_queued_job_paused_is_not_started_by_its_holder(db: TestDb) {
         .insert(&NewJob::sleep(1, Some(0)))
         .await
         .expect("insert");
-    assert_eq!(store.claim("w", 1, false).await.expect("claim").len(), 1);
+    assert_eq!(
+        store
+            .claim(&jobsd::store::Claim::new("w", 1, false))
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
     assert!(
         store
             .request(id, jobsd::job::Control::Pause)
@@ -279,7 +286,7 @@ async fn a_queued_job_paused_is_not_started_by_its_holder(db: TestDb) {
             .expect("request")
     );
     let requests = store
-        .find_controls(Duration::from_secs(10), 10)
+        .find_controls(Duration::from_secs(10), 0, 10)
         .await
         .expect("find");
     assert_eq!(requests.len(), 1);

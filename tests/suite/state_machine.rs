@@ -686,7 +686,9 @@ impl Table {
                 limit,
                 start: starting,
             } => {
-                let claimed = db(store.claim(worker.id(), *limit, *starting).await)?;
+                let claimed = db(store
+                    .claim(&jobsd::store::Claim::new(worker.id(), *limit, *starting))
+                    .await)?;
                 let mut waiting: Vec<&JobRow> = self
                     .rows
                     .values()
@@ -1011,7 +1013,7 @@ impl Table {
             Holder::Vouched => VOUCHED,
             Holder::Silent => Duration::ZERO,
         };
-        let requests = db(self.store.find_controls(dead_after, 100).await)?;
+        let requests = db(self.store.find_controls(dead_after, 0, 100).await)?;
         let pending: Vec<ControlRequest> = self
             .rows
             .values()

@@ -116,7 +116,10 @@ async fn concurrent_claims_never_share_a_job(db: TestDb) {
             let worker = format!("replica-{replica}");
             let mut claimed = Vec::new();
             loop {
-                let batch = store.claim(&worker, 7, false).await.expect("claim");
+                let batch = store
+                    .claim(&jobsd::store::Claim::new(&worker, 7, false))
+                    .await
+                    .expect("claim");
                 if batch.is_empty() {
                     return (worker, claimed);
                 }
@@ -163,12 +166,22 @@ async fn claim_takes_only_due_jobs_oldest_first(db: TestDb) {
                 .expect("insert"),
         );
     }
-    let first = store.claim("w", 3, false).await.expect("claim");
+    let first = store
+        .claim(&jobsd::store::Claim::new("w", 3, false))
+        .await
+        .expect("claim");
     assert_eq!(first.iter().map(|job| job.id).collect::<Vec<_>>(), due[..3]);
-    let rest = store.claim("w", 10, false).await.expect("claim");
+    let rest = store
+        .claim(&jobsd::store::Claim::new("w", 10, false))
+        .await
+        .expect("claim");
     assert_eq!(rest.iter().map(|job| job.id).collect::<Vec<_>>(), due[3..]);
     assert!(
-        store.claim("w", 10, false).await.expect("claim").is_empty(),
+        store
+            .claim(&jobsd::store::Claim::new("w", 10, false))
+            .await
+            .expect("claim")
+            .is_empty(),
         "the delayed job waits"
     );
     let delayed = &db.all_rows().await[0];
@@ -187,8 +200,22 @@ async fn dead_jobs_settle_three_ways(db: TestDb) {
         .expect("insert");
     let exhausted = store.insert(&NewJob::sleep(3, None)).await.expect("insert");
     let alive = store.insert(&NewJob::sleep(4, None)).await.expect("insert");
-    assert_eq!(store.claim("gone", 3, false).await.expect("claim").len(), 3);
-    assert_eq!(store.claim("here", 1, false).await.expect("claim").len(), 1);
+    assert_eq!(
+        store
+            .claim(&jobsd::store::Claim::new("gone", 3, false))
+            .await
+            .expect("claim")
+            .len(),
+        3
+    );
+    assert_eq!(
+        store
+            .claim(&jobsd::store::Claim::new("here", 1, false))
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
     for id in [retryable, exhausted] {
         assert!(store.mark_started(id, "gone").await.expect("start"));
     }
@@ -269,7 +296,14 @@ async fn finish_racing_cancel_has_exactly_one_winner(db: TestDb) {
     for n in 0..20 {
         ids.push(store.insert(&NewJob::sleep(n, None)).await.expect("insert"));
     }
-    assert_eq!(store.claim("w", 20, false).await.expect("claim").len(), 20);
+    assert_eq!(
+        store
+            .claim(&jobsd::store::Claim::new("w", 20, false))
+            .await
+            .expect("claim")
+            .len(),
+        20
+    );
     for id in &ids {
         assert!(store.mark_started(*id, "w").await.expect("start"));
     }
@@ -321,7 +355,10 @@ async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
         .insert(&NewJob::sleep(1, Some(SECOND)))
         .await
         .expect("insert");
-    store.claim("w", 1, false).await.expect("claim");
+    store
+        .claim(&jobsd::store::Claim::new("w", 1, false))
+        .await
+        .expect("claim");
     assert!(store.mark_started(id, "w").await.expect("start"));
     assert!(
         !store.mark_started(id, "w").await.expect("start"),
@@ -374,8 +411,14 @@ async fn release_gives_jobs_back_without_using_an_attempt(db: TestDb) {
     let running = store.insert(&NewJob::sleep(1, None)).await.expect("insert");
     let queued = store.insert(&NewJob::sleep(2, None)).await.expect("insert");
     let others = store.insert(&NewJob::sleep(3, None)).await.expect("insert");
-    store.claim("w", 2, false).await.expect("claim");
-    store.claim("other", 1, false).await.expect("claim");
+    store
+        .claim(&jobsd::store::Claim::new("w", 2, false))
+        .await
+        .expect("claim");
+    store
+        .claim(&jobsd::store::Claim::new("other", 1, false))
+        .await
+        .expect("claim");
     assert!(store.mark_started(running, "w").await.expect("start"));
     assert_eq!(store.release("w", None).await.expect("release"), 2);
     for row in db.rows(&store, &[running, queued]).await {
@@ -406,7 +449,10 @@ async fn a_claim_can_start_what_it_claims(db: TestDb) {
                 .expect("insert"),
         );
     }
-    let claimed = store.claim("w", 2, true).await.expect("claim");
+    let claimed = store
+        .claim(&jobsd::store::Claim::new("w", 2, true))
+        .await
+        .expect("claim");
     assert_eq!(
         claimed.iter().map(|job| job.id).collect::<Vec<_>>(),
         ids[..2]
@@ -456,8 +502,22 @@ async fn finish_writes_a_mixed_batch_and_names_the_winners(db: TestDb) {
         };
         ids.push(store.insert(&job).await.expect("insert"));
     }
-    assert_eq!(store.claim("w", 4, true).await.expect("claim").len(), 4);
-    assert_eq!(store.claim("other", 1, true).await.expect("claim").len(), 1);
+    assert_eq!(
+        store
+            .claim(&jobsd::store::Claim::new("w", 4, true))
+            .await
+            .expect("claim")
+            .len(),
+        4
+    );
+    assert_eq!(
+        store
+            .claim(&jobsd::store::Claim::new("other", 1, true))
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
     let (done, failed, retried, terminated, others) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
     assert!(
         store

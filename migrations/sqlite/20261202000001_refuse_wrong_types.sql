@@ -1,0 +1,93 @@
+-- Users write the table with plain SQL, and SQLite stores a value of any type in any column
+-- unless told otherwise: '1s' in sleep, a blob in payload, 3000000000 in max_attempts. These
+-- triggers refuse such a row at INSERT (or UPDATE), in words, the way the column types of
+-- PostgreSQL and MySQL do. Column affinity applies first, so '42' in an integer column is still
+-- taken as 42.
+--
+-- Triggers, not a STRICT table or CHECKs: SQLite adds neither to an existing table without
+-- copying every row, while a trigger is created at once, whatever the table holds. Rows already
+-- there are left as they are; one that cannot be read ends FAILED when it is claimed.
+
+CREATE TRIGGER jobs_kind_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.kind) != 'text'
+BEGIN SELECT RAISE(ABORT, 'jobs.kind must be text'); END;
+
+CREATE TRIGGER jobs_object_id_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.object_id) NOT IN ('integer', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.object_id must be a whole number, or NULL'); END;
+
+CREATE TRIGGER jobs_sleep_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.sleep) NOT IN ('integer', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.sleep must be a whole number of nanoseconds, or NULL'); END;
+
+CREATE TRIGGER jobs_payload_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.payload) NOT IN ('text', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.payload must be JSON text, or NULL'); END;
+
+CREATE TRIGGER jobs_progress_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.progress) NOT IN ('text', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.progress must be JSON text, or NULL'); END;
+
+CREATE TRIGGER jobs_attempts_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.attempts) != 'integer' OR NEW.attempts NOT BETWEEN 0 AND 2147483647
+BEGIN SELECT RAISE(ABORT, 'jobs.attempts must be a whole number from 0 to 2147483647'); END;
+
+CREATE TRIGGER jobs_max_attempts_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.max_attempts) != 'integer' OR NEW.max_attempts NOT BETWEEN 1 AND 2147483647
+BEGIN SELECT RAISE(ABORT, 'jobs.max_attempts must be a whole number from 1 to 2147483647'); END;
+
+CREATE TRIGGER jobs_run_at_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.run_at) != 'text' OR julianday(NEW.run_at) IS NULL
+BEGIN SELECT RAISE(ABORT, 'jobs.run_at must be UTC text like 2026-01-31 12:00:00'); END;
+
+CREATE TRIGGER jobs_created_at_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.created_at) != 'text' OR julianday(NEW.created_at) IS NULL
+BEGIN SELECT RAISE(ABORT, 'jobs.created_at must be UTC text like 2026-01-31 12:00:00'); END;
+
+CREATE TRIGGER jobs_worker_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.worker) NOT IN ('text', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.worker must be text, or NULL'); END;
+
+CREATE TRIGGER jobs_last_error_type_insert BEFORE INSERT ON jobs
+WHEN typeof(NEW.last_error) NOT IN ('text', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.last_error must be text, or NULL'); END;
+
+CREATE TRIGGER jobs_timestamps_type_insert BEFORE INSERT ON jobs
+WHEN (NEW.queued_at IS NOT NULL AND (typeof(NEW.queued_at) != 'text' OR julianday(NEW.queued_at) IS NULL)) OR (NEW.started_at IS NOT NULL AND (typeof(NEW.started_at) != 'text' OR julianday(NEW.started_at) IS NULL)) OR (NEW.finished_at IS NOT NULL AND (typeof(NEW.finished_at) != 'text' OR julianday(NEW.finished_at) IS NULL)) OR (NEW.cancelled_at IS NOT NULL AND (typeof(NEW.cancelled_at) != 'text' OR julianday(NEW.cancelled_at) IS NULL)) OR (NEW.heartbeat_at IS NOT NULL AND (typeof(NEW.heartbeat_at) != 'text' OR julianday(NEW.heartbeat_at) IS NULL))
+BEGIN SELECT RAISE(ABORT, 'jobs timestamps must be UTC text like 2026-01-31 12:00:00, or NULL'); END;
+
+
+-- On UPDATE only the columns users set: the ones jobsd writes on every job (status, the
+-- timestamps of a run, worker, attempts) stay free of trigger work.
+
+CREATE TRIGGER jobs_kind_type_update BEFORE UPDATE OF kind ON jobs
+WHEN typeof(NEW.kind) != 'text'
+BEGIN SELECT RAISE(ABORT, 'jobs.kind must be text'); END;
+
+CREATE TRIGGER jobs_object_id_type_update BEFORE UPDATE OF object_id ON jobs
+WHEN typeof(NEW.object_id) NOT IN ('integer', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.object_id must be a whole number, or NULL'); END;
+
+CREATE TRIGGER jobs_sleep_type_update BEFORE UPDATE OF sleep ON jobs
+WHEN typeof(NEW.sleep) NOT IN ('integer', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.sleep must be a whole number of nanoseconds, or NULL'); END;
+
+CREATE TRIGGER jobs_payload_type_update BEFORE UPDATE OF payload ON jobs
+WHEN typeof(NEW.payload) NOT IN ('text', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.payload must be JSON text, or NULL'); END;
+
+CREATE TRIGGER jobs_progress_type_update BEFORE UPDATE OF progress ON jobs
+WHEN typeof(NEW.progress) NOT IN ('text', 'null')
+BEGIN SELECT RAISE(ABORT, 'jobs.progress must be JSON text, or NULL'); END;
+
+CREATE TRIGGER jobs_max_attempts_type_update BEFORE UPDATE OF max_attempts ON jobs
+WHEN typeof(NEW.max_attempts) != 'integer' OR NEW.max_attempts NOT BETWEEN 1 AND 2147483647
+BEGIN SELECT RAISE(ABORT, 'jobs.max_attempts must be a whole number from 1 to 2147483647'); END;
+
+CREATE TRIGGER jobs_run_at_type_update BEFORE UPDATE OF run_at ON jobs
+WHEN typeof(NEW.run_at) != 'text' OR julianday(NEW.run_at) IS NULL
+BEGIN SELECT RAISE(ABORT, 'jobs.run_at must be UTC text like 2026-01-31 12:00:00'); END;
+
+CREATE TRIGGER jobs_created_at_type_update BEFORE UPDATE OF created_at ON jobs
+WHEN typeof(NEW.created_at) != 'text' OR julianday(NEW.created_at) IS NULL
+BEGIN SELECT RAISE(ABORT, 'jobs.created_at must be UTC text like 2026-01-31 12:00:00'); END;
