@@ -423,7 +423,7 @@ async fn start_daemon(launcher: &Launcher) -> Jobsd {
 
 /// Cases per backend unless `PROPTEST_CASES` says otherwise: each starts a process and waits
 /// for its rows, a few seconds.
-const CASES: u32 = 8;
+const CASES: u32 = 16;
 
 /// Shrinking steps unless `PROPTEST_MAX_SHRINK_ITERS` says otherwise: each is a whole case.
 const SHRINK_ITERS: u32 = 16;
@@ -606,6 +606,7 @@ fn catalog(backend: Backend) -> Vec<Set> {
         ]),
         Backend::Sqlite => all.extend([
             run_at("run_at year 0", "0000-01-01 00:00:00"),
+            run_at("run_at year 9998", "9998-12-31 23:59:59"),
             run_at("run_at year 9999", "9999-12-31 23:59:59.999999"),
             run_at("run_at month 13", "2020-13-45 99:99:99"),
             run_at("run_at with a tail", "2020-01-01 00:00:00 and then some"),
@@ -725,8 +726,15 @@ impl Planned {
     }
 }
 
-/// Refusals seen at INSERT, by hostile change, for the report.
-type Refusals = Mutex<BTreeMap<String, String>>;
+/// What the cases saw, for the report: refusals at INSERT by hostile change, and how many
+/// hostile rows ended in each status.
+#[derive(Default)]
+struct Tally {
+    refused: BTreeMap<String, String>,
+    ended: BTreeMap<String, usize>,
+}
+
+type Refusals = Mutex<Tally>;
 
 async fn random_hostile_rows_never_stop_jam_or_crash_the_daemon(db: TestDb) {
     let cases = match std::env::var_os("PROPTEST_CASES") {
@@ -758,11 +766,14 @@ async fn random_hostile_rows_never_stop_jam_or_crash_the_daemon(db: TestDb) {
                 .map_err(TestCaseError::fail)
         })
     });
+    let tally = refusals.lock().expect("tally");
     println!(
-        "{:?}: {cases} cases (and any shrinking) in {:.1?}; refused at INSERT: {:#?}",
+        "{:?}: {cases} cases (and any shrinking) in {:.1?}; hostile rows ended {:?}; \
+         refused at INSERT: {:#?}",
         db.backend,
         began.elapsed(),
-        refusals.lock().expect("refusals")
+        tally.ended,
+        tally.refused
     );
     match result {
         Ok(()) => {}
@@ -798,7 +809,8 @@ async fn play(db: &TestDb, case: &Case, refusals: &Refusals) -> Result<(), Strin
                 Planned::Hostile(_) => {
                     refusals
                         .lock()
-                        .expect("refusals")
+                        .expect("tally")
+                        .refused
                         .insert(format!("{planned:?}"), error);
                 }
             },
@@ -821,6 +833,14 @@ async fn play(db: &TestDb, case: &Case, refusals: &Refusals) -> Result<(), Strin
                 verdict.err().map(|e| format!("job {id} {planned:?}: {e}"))
             })
             .collect();
+        if unsettled.is_empty() {
+            let mut tally = refusals.lock().expect("tally");
+            for (id, planned, _) in &inserted {
+                if let (Planned::Hostile(_), Some(row)) = (planned, seen.get(id)) {
+                    *tally.ended.entry(row.status.clone()).or_default() += 1;
+                }
+            }
+        }
         if unsettled.is_empty() || Instant::now() >= deadline {
             break unsettled;
         }
