@@ -1159,6 +1159,7 @@ async fn attempts_at_their_maximum_do_not_jam_the_claim(db: TestDb) {
 async fn ghost_rows_with_pause_or_resume_do_not_hold_up_a_terminate(db: TestDb) {
     let replica = Replica::start(&db, db.config(), jobsd::Handlers::default()).await;
     let pool = db.sql().await;
+    let mut ghosts = Vec::new();
     for control in ["resume", "pause"] {
         sqlx::query(&format!(
             "INSERT INTO jobs (sleep, status, attempts, worker, control) \
@@ -1167,6 +1168,7 @@ async fn ghost_rows_with_pause_or_resume_do_not_hold_up_a_terminate(db: TestDb) 
         .execute(&pool)
         .await
         .expect("ghost row");
+        ghosts.push((max_id(&pool).await, control));
     }
     sqlx::query("INSERT INTO jobs (sleep) VALUES (60000000000)")
         .execute(&pool)
@@ -1181,6 +1183,33 @@ async fn ghost_rows_with_pause_or_resume_do_not_hold_up_a_terminate(db: TestDb) 
     terminate_when_running(&db, &pool, long).await;
     let seen = until_finished(&db, &pool, &[good], SETTLE).await;
     assert_done(&seen, good);
+
+    // The ghosts' worker never vouches for them: they are dead (DESIGN §3) and settled like any
+    // dead job, here run again (an attempt remains) and so finished. A pause still pending
+    // when the row is back to NEW may hold it PAUSED instead, as the user asked.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let seen = read_back(db.backend, &pool).await.expect("rows read back");
+        let stuck: Vec<(&i64, &Seen)> = ghosts
+            .iter()
+            .map(|(id, control)| (id, &seen[id], *control))
+            .filter(|(_, row, control)| {
+                !(matches!(row.status.as_str(), "DONE" | "FAILED" | "CANCELLED")
+                    || (*control == "pause" && row.status == "PAUSED"))
+            })
+            .map(|(id, row, _)| (id, row))
+            .collect();
+        if stuck.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}: rows of a worker that does not exist, still unsettled after {SETTLE:?}: \
+             {stuck:?}",
+            db.backend
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     pool.close().await;
     replica.shutdown().await;
 }
