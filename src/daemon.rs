@@ -63,6 +63,9 @@ impl Daemon {
             dead_after = ?config.dead_after,
             "jobsd started"
         );
+        if let Err(error) = self.store.limit_payloads(config.max_payload_bytes).await {
+            tracing::warn!(%error, "could not set the database's payload limit");
+        }
         let consumers = usize::try_from(config.consumers).unwrap_or(usize::MAX);
         let replica = Arc::new(Replica {
             store: Arc::clone(&self.store),

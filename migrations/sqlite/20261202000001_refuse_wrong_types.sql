@@ -37,11 +37,11 @@ WHEN typeof(NEW.max_attempts) != 'integer' OR NEW.max_attempts NOT BETWEEN 1 AND
 BEGIN SELECT RAISE(ABORT, 'jobs.max_attempts must be a whole number from 1 to 2147483647'); END;
 
 CREATE TRIGGER jobs_run_at_type_insert BEFORE INSERT ON jobs
-WHEN typeof(NEW.run_at) != 'text' OR julianday(NEW.run_at) IS NULL
+WHEN typeof(NEW.run_at) != 'text' OR NEW.run_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.run_at) IS NULL
 BEGIN SELECT RAISE(ABORT, 'jobs.run_at must be UTC text like 2026-01-31 12:00:00'); END;
 
 CREATE TRIGGER jobs_created_at_type_insert BEFORE INSERT ON jobs
-WHEN typeof(NEW.created_at) != 'text' OR julianday(NEW.created_at) IS NULL
+WHEN typeof(NEW.created_at) != 'text' OR NEW.created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.created_at) IS NULL
 BEGIN SELECT RAISE(ABORT, 'jobs.created_at must be UTC text like 2026-01-31 12:00:00'); END;
 
 CREATE TRIGGER jobs_worker_type_insert BEFORE INSERT ON jobs
@@ -53,7 +53,7 @@ WHEN typeof(NEW.last_error) NOT IN ('text', 'null')
 BEGIN SELECT RAISE(ABORT, 'jobs.last_error must be text, or NULL'); END;
 
 CREATE TRIGGER jobs_timestamps_type_insert BEFORE INSERT ON jobs
-WHEN (NEW.queued_at IS NOT NULL AND (typeof(NEW.queued_at) != 'text' OR julianday(NEW.queued_at) IS NULL)) OR (NEW.started_at IS NOT NULL AND (typeof(NEW.started_at) != 'text' OR julianday(NEW.started_at) IS NULL)) OR (NEW.finished_at IS NOT NULL AND (typeof(NEW.finished_at) != 'text' OR julianday(NEW.finished_at) IS NULL)) OR (NEW.cancelled_at IS NOT NULL AND (typeof(NEW.cancelled_at) != 'text' OR julianday(NEW.cancelled_at) IS NULL)) OR (NEW.heartbeat_at IS NOT NULL AND (typeof(NEW.heartbeat_at) != 'text' OR julianday(NEW.heartbeat_at) IS NULL))
+WHEN (NEW.queued_at IS NOT NULL AND (typeof(NEW.queued_at) != 'text' OR NEW.queued_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.queued_at) IS NULL)) OR (NEW.started_at IS NOT NULL AND (typeof(NEW.started_at) != 'text' OR NEW.started_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.started_at) IS NULL)) OR (NEW.finished_at IS NOT NULL AND (typeof(NEW.finished_at) != 'text' OR NEW.finished_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.finished_at) IS NULL)) OR (NEW.cancelled_at IS NOT NULL AND (typeof(NEW.cancelled_at) != 'text' OR NEW.cancelled_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.cancelled_at) IS NULL)) OR (NEW.heartbeat_at IS NOT NULL AND (typeof(NEW.heartbeat_at) != 'text' OR NEW.heartbeat_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.heartbeat_at) IS NULL))
 BEGIN SELECT RAISE(ABORT, 'jobs timestamps must be UTC text like 2026-01-31 12:00:00, or NULL'); END;
 
 
@@ -85,9 +85,9 @@ WHEN typeof(NEW.max_attempts) != 'integer' OR NEW.max_attempts NOT BETWEEN 1 AND
 BEGIN SELECT RAISE(ABORT, 'jobs.max_attempts must be a whole number from 1 to 2147483647'); END;
 
 CREATE TRIGGER jobs_run_at_type_update BEFORE UPDATE OF run_at ON jobs
-WHEN typeof(NEW.run_at) != 'text' OR julianday(NEW.run_at) IS NULL
+WHEN typeof(NEW.run_at) != 'text' OR NEW.run_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.run_at) IS NULL
 BEGIN SELECT RAISE(ABORT, 'jobs.run_at must be UTC text like 2026-01-31 12:00:00'); END;
 
 CREATE TRIGGER jobs_created_at_type_update BEFORE UPDATE OF created_at ON jobs
-WHEN typeof(NEW.created_at) != 'text' OR julianday(NEW.created_at) IS NULL
+WHEN typeof(NEW.created_at) != 'text' OR NEW.created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.created_at) IS NULL
 BEGIN SELECT RAISE(ABORT, 'jobs.created_at must be UTC text like 2026-01-31 12:00:00'); END;

@@ -156,6 +156,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn limit_payloads(&self, max_bytes: u64) -> Result<()> {
+        sqlx::query("UPDATE jobsd_limits SET max_payload_bytes = ?1")
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn insert(&self, job: &NewJob) -> Result<i64> {
         sqlx::query_scalar(
             "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \

@@ -252,6 +252,21 @@ macro_rules! on_every_backend {
     };
 }
 
+/// Defines `sqlite::NAME` for each `async fn NAME(db: TestDb)` listed: what only SQLite has.
+#[macro_export]
+macro_rules! on_sqlite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::common::run($crate::common::Backend::Sqlite, stringify!($name), super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A daemon running in this process, as one replica.
 pub struct Replica {
     pub worker: String,

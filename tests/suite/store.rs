@@ -22,7 +22,22 @@ crate::on_every_backend!(
     finish_racing_cancel_has_exactly_one_winner,
     heartbeat_reports_a_job_taken_away,
     release_gives_jobs_back_without_using_an_attempt,
+    a_claim_reads_each_row_on_its_own,
+    attempts_at_the_edges_never_break_a_statement,
+    any_reason_is_stored_shortened_and_clean,
+    a_row_written_as_running_by_a_user_is_found_dead,
+    control_requests_page_past_those_that_wait,
 );
+
+/// What only SQLite needs: its columns take a value of any type unless told otherwise.
+mod sqlite_only {
+    use super::{rows_of_the_wrong_type_from_before_end_unfit, wrong_types_are_refused_at_insert};
+
+    crate::on_sqlite!(
+        wrong_types_are_refused_at_insert,
+        rows_of_the_wrong_type_from_before_end_unfit
+    );
+}
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -595,4 +610,330 @@ async fn finish_writes_a_mixed_batch_and_names_the_winners(db: TestDb) {
             .is_empty(),
         "a batch is written once"
     );
+}
+
+// === Hostile rows ===
+
+/// The ids `claim` returned, with each one's `unfit` reason.
+fn unfit_by_id(jobs: &[jobsd::job::ClaimedJob]) -> std::collections::HashMap<i64, Option<String>> {
+    jobs.iter().map(|job| (job.id, job.unfit.clone())).collect()
+}
+
+async fn a_claim_reads_each_row_on_its_own(db: TestDb) {
+    let store = db.store().await;
+    if db.backend == crate::common::Backend::Sqlite {
+        // SQLite refuses big values at INSERT (its rows live in the replica's memory); rows
+        // from before a lower limit are what a claim meets there.
+        db.exec("UPDATE jobsd_limits SET max_payload_bytes = 16777216")
+            .await
+            .expect("raise the database's limit");
+        let refused = store
+            .insert(&NewJob {
+                payload: Some("x".repeat(17 << 20)),
+                ..NewJob::sleep(0, Some(1))
+            })
+            .await
+            .expect_err("a payload over the limit is refused at INSERT");
+        assert!(refused.to_string().contains("payload too large"), "{refused}");
+    }
+    let big = "x".repeat(2 << 20);
+    let good = store
+        .insert(&NewJob::sleep(1, Some(1)))
+        .await
+        .expect("insert");
+    let big_payload = store
+        .insert(&NewJob {
+            payload: Some(format!("{{\"note\": \"{big}\"}}")),
+            ..NewJob::sleep(2, Some(1))
+        })
+        .await
+        .expect("insert");
+    let big_kind = store
+        .insert(&NewJob {
+            kind: Some(big.clone()),
+            ..NewJob::sleep(3, Some(1))
+        })
+        .await;
+    let used_up = db
+        .exec("INSERT INTO jobs (object_id, sleep, attempts, max_attempts) VALUES (4, 1, 5, 1)")
+        .await;
+    used_up.expect("attempts above max_attempts is a row the types allow");
+    let last = store
+        .insert(&NewJob::sleep(5, Some(1)))
+        .await
+        .expect("insert");
+
+    let mut claim = jobsd::store::Claim::new("w", 10, true);
+    claim.max_bytes = 1 << 20;
+    let jobs = store
+        .claim(&claim)
+        .await
+        .expect("one bad row never fails a claim");
+    let unfit = unfit_by_id(&jobs);
+    assert_eq!(unfit[&good], None);
+    assert_eq!(unfit[&last], None);
+    let reason = unfit[&big_payload].clone().expect("a big payload is unfit");
+    assert!(reason.contains("payload too large"), "{reason}");
+    let job = jobs
+        .iter()
+        .find(|job| job.id == big_payload)
+        .expect("claimed");
+    assert!(
+        job.payload.is_none(),
+        "a payload over the limit is never fetched"
+    );
+    // MySQL's kind is VARCHAR(64): it refuses the big kind at INSERT.
+    if let Ok(big_kind) = big_kind {
+        let reason = unfit[&big_kind].clone().expect("a big kind is unfit");
+        assert!(reason.contains("kind too large"), "{reason}");
+    }
+    let used_up = jobs
+        .iter()
+        .find(|job| job.object_id == Some(4))
+        .expect("claimed");
+    let reason = used_up.unfit.clone().expect("used-up attempts are unfit");
+    assert!(reason.contains("max_attempts"), "{reason}");
+}
+
+async fn attempts_at_the_edges_never_break_a_statement(db: TestDb) {
+    let store = db.store().await;
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, attempts, max_attempts) VALUES \
+         (1, 1, 2147483647, 2147483647), (2, 1, 0, 1)",
+    )
+    .await
+    .expect("insert");
+    let jobs = store
+        .claim(&jobsd::store::Claim::new("w", 10, true))
+        .await
+        .expect("attempts at the maximum do not overflow the claim");
+    assert_eq!(jobs.len(), 2);
+    // A row a user wrote as RUNNING with no attempt used: giving the attempt back stays at 0.
+    db.exec("INSERT INTO jobs (object_id, sleep, status, worker, attempts) VALUES (3, 1, 'RUNNING', 'w', 0)")
+        .await
+        .expect("insert");
+    db.exec("UPDATE jobs SET attempts = 0 WHERE object_id = 2")
+        .await
+        .expect("update");
+    assert_eq!(store.release("w", None).await.expect("release"), 3);
+    for row in db.all_rows().await {
+        assert_eq!(row.status, Status::New, "{row:?}");
+        assert!(row.attempts >= 0, "{row:?}");
+    }
+    let ghost = db
+        .exec(&format!(
+            "INSERT INTO jobs (object_id, sleep, status, worker, attempts, control, heartbeat_at) \
+             VALUES (4, 1, 'PAUSED', 'ghost', 0, 'resume', {})",
+            db.now_plus(-60)
+        ))
+        .await;
+    ghost.expect("insert");
+    let requests = store
+        .find_controls(Duration::from_secs(1), 0, 10)
+        .await
+        .expect("find controls");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].action("me"), ControlAction::ResumeDetached);
+    assert!(
+        store
+            .apply_control(&requests[0], ControlAction::ResumeDetached)
+            .await
+            .expect("a resume of a row with no attempt to give back applies")
+    );
+    let row = db
+        .all_rows()
+        .await
+        .into_iter()
+        .find(|row| row.object_id == Some(4))
+        .expect("row");
+    assert_eq!((row.status, row.attempts), (Status::New, 0));
+}
+
+async fn any_reason_is_stored_shortened_and_clean(db: TestDb) {
+    let store = db.store().await;
+    let failed = store
+        .insert(&NewJob::sleep(1, Some(1)))
+        .await
+        .expect("insert");
+    let retried = store
+        .insert(&NewJob {
+            max_attempts: Some(3),
+            ..NewJob::sleep(2, Some(1))
+        })
+        .await
+        .expect("insert");
+    store
+        .claim(&jobsd::store::Claim::new("w", 2, true))
+        .await
+        .expect("claim");
+    let reason = format!("table \"a\0b\" {}", "z".repeat(70_000));
+    let outcomes = [
+        (
+            failed,
+            Outcome::Failed {
+                reason: reason.clone(),
+            },
+        ),
+        (
+            retried,
+            Outcome::Retry {
+                backoff: Duration::from_secs(60),
+                reason,
+            },
+        ),
+    ];
+    let mut won = store
+        .finish("w", &outcomes)
+        .await
+        .expect("any reason is stored");
+    won.sort_unstable();
+    assert_eq!(won, [failed, retried]);
+    for row in db.rows(&store, &[failed, retried]).await {
+        let error = row.last_error.clone().expect("a reason");
+        assert!(
+            error.len() <= jobsd::store::MAX_REASON_BYTES,
+            "{}",
+            error.len()
+        );
+        assert!(
+            error.starts_with("table \"a") && !error.contains('\0'),
+            "{error:.40}"
+        );
+    }
+}
+
+async fn a_row_written_as_running_by_a_user_is_found_dead(db: TestDb) {
+    let store = db.store().await;
+    db.exec(&format!(
+        "INSERT INTO jobs (object_id, sleep, status, created_at) VALUES (1, 1, 'RUNNING', {})",
+        db.now_plus(-60)
+    ))
+    .await
+    .expect("insert");
+    let dead = store
+        .find_dead(Duration::from_secs(1), 10)
+        .await
+        .expect("find dead");
+    assert_eq!(
+        dead.len(),
+        1,
+        "a RUNNING row with no sign of life at all is dead"
+    );
+    let how = dead[0].settlement(Duration::from_secs(1), Duration::from_secs(1));
+    assert!(
+        store
+            .settle_dead(&dead[0], Duration::from_secs(1), &how)
+            .await
+            .expect("settle")
+    );
+    // It never ran under jobsd (no attempt used), so it gets its run.
+    let row = &db.all_rows().await[0];
+    assert_eq!((row.status, row.attempts), (Status::New, 0), "{row:?}");
+    assert!(
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no sign of life")),
+        "{row:?}"
+    );
+}
+
+async fn control_requests_page_past_those_that_wait(db: TestDb) {
+    let store = db.store().await;
+    let values: Vec<String> = (1..=600)
+        .map(|n| format!("({n}, 1, 'RUNNING', 'other', 'pause', {})", db.now_plus(0)))
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO jobs (object_id, sleep, status, worker, control, heartbeat_at) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .expect("insert");
+    db.exec("INSERT INTO jobs (object_id, sleep, control) VALUES (601, 1, 'terminate')")
+        .await
+        .expect("insert");
+    let first = store
+        .find_controls(Duration::from_secs(60), 0, 500)
+        .await
+        .expect("page");
+    assert_eq!(first.len(), 500);
+    let after = first.last().expect("a page").id;
+    let rest = store
+        .find_controls(Duration::from_secs(60), after, 500)
+        .await
+        .expect("page");
+    assert_eq!(rest.len(), 101);
+    let terminate = rest.last().expect("the terminate");
+    assert_eq!(terminate.control, Control::Terminate);
+    assert_eq!(terminate.action("me"), ControlAction::Terminate);
+}
+
+async fn wrong_types_are_refused_at_insert(db: TestDb) {
+    for (column, value) in [
+        ("sleep", "'1s'"),
+        ("sleep", "1.5"),
+        ("object_id", "'abc'"),
+        ("payload", "X'7B7D'"),
+        ("progress", "X'00'"),
+        ("max_attempts", "3000000000"),
+        ("attempts", "-1"),
+        ("kind", "X'61'"),
+        ("run_at", "'soon'"),
+        ("heartbeat_at", "42"),
+    ] {
+        let refused = db
+            .exec(&format!("INSERT INTO jobs ({column}) VALUES ({value})"))
+            .await;
+        let error = refused.expect_err(&format!("{column} = {value} was accepted"));
+        assert!(
+            error.to_string().contains(&format!("jobs.{column}")) || column.ends_with("_at"),
+            "{error}"
+        );
+    }
+    db.exec("INSERT INTO jobs (sleep, object_id) VALUES ('42', 7.0)")
+        .await
+        .expect("values the column affinity makes whole numbers are taken");
+    db.exec("UPDATE jobs SET sleep = 'soon'")
+        .await
+        .expect_err("an UPDATE is checked too");
+}
+
+async fn rows_of_the_wrong_type_from_before_end_unfit(db: TestDb) {
+    // Rows written before the triggers existed.
+    for trigger in [
+        "jobs_sleep_type_insert",
+        "jobs_object_id_type_insert",
+        "jobs_payload_type_insert",
+    ] {
+        db.exec(&format!("DROP TRIGGER {trigger}"))
+            .await
+            .expect("drop");
+    }
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, payload) VALUES \
+         (1, '1s', NULL), (2, 1, X'7B7D'), ('abc', 1, NULL), (4, 1, NULL)",
+    )
+    .await
+    .expect("insert");
+    let store = db.store().await;
+    let jobs = store
+        .claim(&jobsd::store::Claim::new("w", 10, false))
+        .await
+        .expect("rows of the wrong type never fail a claim");
+    assert_eq!(jobs.len(), 4);
+    let reasons: Vec<Option<String>> = jobs.iter().map(|job| job.unfit.clone()).collect();
+    assert!(
+        reasons[0].as_deref().is_some_and(|r| r.contains("sleep")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].as_deref().is_some_and(|r| r.contains("payload")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2]
+            .as_deref()
+            .is_some_and(|r| r.contains("object_id")),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[3], None);
 }
