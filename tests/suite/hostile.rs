@@ -64,6 +64,30 @@ mod only {
         }
     }
 
+    mod sqlite_before_triggers {
+        use crate::common::{Backend, run};
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn random_hostile_rows_written_before_the_type_triggers() {
+            run(
+                Backend::Sqlite,
+                "before_triggers",
+                super::super::random_hostile_rows_written_before_the_type_triggers,
+            )
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn rows_written_before_the_type_triggers_fail_in_words() {
+            run(
+                Backend::Sqlite,
+                "before_triggers_words",
+                super::super::rows_written_before_the_type_triggers_fail_in_words,
+            )
+            .await;
+        }
+    }
+
     mod mysql {
         use crate::common::{Backend, run};
 
@@ -737,6 +761,38 @@ struct Tally {
 type Refusals = Mutex<Tally>;
 
 async fn random_hostile_rows_never_stop_jam_or_crash_the_daemon(db: TestDb) {
+    random_hostile_rows(db).await;
+}
+
+/// SQLite's triggers refuse values of the wrong storage class, and oversized texts, at
+/// INSERT; rows written before those triggers existed are left as they are, and must end
+/// FAILED in words when claimed (their migration says so). Here the triggers are dropped, as
+/// on a table written before them, and the random rows go in unrefused.
+async fn random_hostile_rows_written_before_the_type_triggers(db: TestDb) {
+    drop_type_triggers(&db).await;
+    random_hostile_rows(db).await;
+}
+
+/// Drops SQLite's triggers on `jobs`, as on a table filled before they were created.
+async fn drop_type_triggers(db: &TestDb) {
+    let pool = db.sql().await;
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'jobs'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("triggers");
+    println!("dropped {} triggers on jobs", triggers.len());
+    for trigger in &triggers {
+        sqlx::query(&format!("DROP TRIGGER {trigger}"))
+            .execute(&pool)
+            .await
+            .expect("trigger dropped");
+    }
+    pool.close().await;
+}
+
+async fn random_hostile_rows(db: TestDb) {
     let cases = match std::env::var_os("PROPTEST_CASES") {
         Some(_) => ProptestConfig::default().cases,
         None => CASES,
@@ -1002,6 +1058,76 @@ async fn values_of_the_wrong_storage_class_are_refused_or_fail_in_words(db: Test
     }
     for &(id, column) in &bads {
         assert_failed_saying(&seen, id, &[column]);
+    }
+    pool.close().await;
+    daemon.stop(EXIT).await;
+}
+
+/// On a SQLite table written before its type triggers, each value of the wrong storage class
+/// (or out of range) sits beside good rows; when claimed, each ends FAILED with a reason that
+/// names its column, and the good rows run.
+async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
+    drop_type_triggers(&db).await;
+    let launcher = Launcher::new(&db, SETTINGS);
+    let mut daemon = start_daemon(&launcher).await;
+    let pool = db.sql().await;
+    let bad = [
+        ("sleep", "'1s'"),
+        ("sleep", "1.5"),
+        ("sleep", "x'01'"),
+        ("payload", "x'80ff'"),
+        ("progress", "x'80ff'"),
+        ("object_id", "'abc'"),
+        ("object_id", "x'00ff'"),
+        ("kind", "x'80ff'"),
+        ("attempts", "'abc'"),
+        ("attempts", "9223372036854775807"),
+        ("max_attempts", "3000000000"),
+        ("max_attempts", "'many'"),
+    ];
+    let mut goods = Vec::new();
+    let mut bads = Vec::new();
+    for (n, (column, value)) in bad.iter().enumerate() {
+        let good = format!("INSERT INTO jobs (object_id, sleep) VALUES ({n}, {GOOD_SLEEP})");
+        sqlx::query(&good).execute(&pool).await.expect("good row");
+        goods.push(max_id(&pool).await);
+        let statement = if *column == "sleep" {
+            format!("INSERT INTO jobs (sleep) VALUES ({value})")
+        } else {
+            format!("INSERT INTO jobs (sleep, {column}) VALUES ({GOOD_SLEEP}, {value})")
+        };
+        sqlx::query(&statement)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}, with the triggers dropped: {e}"));
+        bads.push((max_id(&pool).await, *column, *value));
+    }
+    let good = format!("INSERT INTO jobs (object_id, sleep) VALUES (99, {GOOD_SLEEP})");
+    sqlx::query(&good).execute(&pool).await.expect("good row");
+    goods.push(max_id(&pool).await);
+
+    let all: Vec<i64> = goods
+        .iter()
+        .copied()
+        .chain(bads.iter().map(|b| b.0))
+        .collect();
+    let seen = until_finished(&db, &pool, &all, SETTLE).await;
+    daemon.assert_running();
+    for &id in &goods {
+        assert_done(&seen, id);
+    }
+    for &(id, column, value) in &bads {
+        let row = &seen[&id];
+        assert!(
+            row.status == "FAILED"
+                && row.says_why()
+                && row
+                    .last_error
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains(column),
+            "{column} = {value}: FAILED, naming the column: {row:?}"
+        );
     }
     pool.close().await;
     daemon.stop(EXIT).await;
