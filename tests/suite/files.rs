@@ -559,63 +559,105 @@ async fn csv_export_creates_private_files_and_resumes_only_its_own(db: TestDb) {
 async fn crafted_column_names_run_no_sql(db: TestDb) {
     // Quoted without escaping, this name closes its quote and selects one more value: who the
     // database user is. Column `a` exists so that the SQL it would make is valid.
-    let (crafted, create) = match db.backend {
-        Backend::Postgres => (
-            r#"a"AS TEXT),(SELECT current_user)::TEXT,CAST("a"#,
-            r#"CREATE TABLE orders ("a""AS TEXT),(SELECT current_user)::TEXT,CAST(""a" TEXT, a TEXT, id BIGINT PRIMARY KEY, day DATE)"#,
-        ),
-        Backend::Sqlite => (
-            r#"a"AS TEXT),(SELECT sqlite_version()),CAST("a"#,
-            r#"CREATE TABLE orders ("a""AS TEXT),(SELECT sqlite_version()),CAST(""a" TEXT, a TEXT, id INTEGER PRIMARY KEY, day TEXT) STRICT"#,
-        ),
-        Backend::Mysql => (
-            "a` AS CHAR),(SELECT CAST(current_user() AS CHAR)),CAST(`a",
-            "CREATE TABLE orders (`a`` AS CHAR),(SELECT CAST(current_user() AS CHAR)),CAST(``a` TEXT, a TEXT, id BIGINT PRIMARY KEY, day DATE)",
-        ),
+    let (crafted, quoted, types) = match db.backend {
+        Backend::Postgres => {
+            let name = r#"a"AS TEXT),(SELECT current_user)::TEXT,CAST("a"#;
+            (
+                name,
+                format!("\"{}\"", name.replace('"', "\"\"")),
+                "BIGINT PRIMARY KEY, day DATE",
+            )
+        }
+        Backend::Sqlite => {
+            let name = r#"a"AS TEXT),(SELECT sqlite_version()),CAST("a"#;
+            (
+                name,
+                format!("\"{}\"", name.replace('"', "\"\"")),
+                "INTEGER PRIMARY KEY, day TEXT",
+            )
+        }
+        Backend::Mysql => {
+            let name = "a` AS CHAR),(SELECT CAST(current_user() AS CHAR)),CAST(`a";
+            (
+                name,
+                format!("`{}`", name.replace('`', "``")),
+                "BIGINT PRIMARY KEY, day DATE",
+            )
+        }
     };
-    db.exec(create).await.expect("create the crafted table");
+    db.exec(&format!(
+        "CREATE TABLE orders ({quoted} TEXT, a TEXT, id {types})"
+    ))
+    .await
+    .expect("create the crafted table");
+    db.exec(&format!(
+        "INSERT INTO orders ({quoted}, a, id, day) VALUES ('x1', 'a1', 1, '2018-07-01'), ('x2', 'a2', 2, '2018-07-02')"
+    ))
+    .await
+    .expect("rows");
     let folder = tempfile::tempdir().expect("folder");
     let mut file = csv::Writer::from_path(folder.path().join("in.csv")).expect("csv");
     file.write_record([crafted, "a", "id", "day"])
         .expect("header");
-    file.write_record(["x1", "a1", "1", "2018-07-01"])
-        .expect("row");
-    file.write_record(["x2", "a2", "2", "2018-07-02"])
+    file.write_record(["x3", "a3", "3", "2018-07-03"])
         .expect("row");
     file.flush().expect("flush");
     drop(file);
-    let imported = run_all(
+
+    let exported = |name: &str| {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_path(folder.path().join(name))
+            .expect("exported");
+        reader
+            .records()
+            .map(|record| record.expect("record").iter().map(str::to_owned).collect())
+            .collect::<Vec<Vec<String>>>()
+    };
+    let header = vec![crafted, "a", "id", "day"];
+    let rows = run_all(
+        &db,
+        folder.path(),
+        "csv_export",
+        &[export_of("before.csv", "2018-07-01", "2018-07-04")],
+    )
+    .await;
+    assert_eq!(rows[0].status, Status::Done, "{:?}", rows[0]);
+    assert_eq!(
+        exported("before.csv"),
+        [
+            header.clone(),
+            vec!["x1", "a1", "1", "2018-07-01"],
+            vec!["x2", "a2", "2", "2018-07-02"],
+        ],
+        "the crafted name is one column, and no other value came back"
+    );
+
+    let rows = run_all(
         &db,
         folder.path(),
         "csv_import",
         &[serde_json::json!({"path": "in.csv", "table": "orders"})],
     )
     .await;
-    assert_eq!(imported[0].status, Status::Done, "{:?}", imported[0]);
+    assert_eq!(rows[0].status, Status::Done, "{:?}", rows[0]);
+    let sql = format!("SELECT COUNT(*) FROM orders WHERE {quoted} = 'x3' AND a = 'a3' AND id = 3");
+    assert_eq!(
+        scalar(&db, &sql).await,
+        1,
+        "imported into the crafted column"
+    );
     let rows = run_all(
         &db,
         folder.path(),
         "csv_export",
-        &[export_of("out.csv", "2018-07-01", "2018-07-03")],
+        &[export_of("after.csv", "2018-07-03", "2018-07-04")],
     )
     .await;
     assert_eq!(rows[0].status, Status::Done, "{:?}", rows[0]);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_path(folder.path().join("out.csv"))
-        .expect("exported");
-    let records: Vec<Vec<String>> = reader
-        .records()
-        .map(|record| record.expect("record").iter().map(str::to_owned).collect())
-        .collect();
     assert_eq!(
-        records,
-        [
-            vec![crafted, "a", "id", "day"],
-            vec!["x1", "a1", "1", "2018-07-01"],
-            vec!["x2", "a2", "2", "2018-07-02"],
-        ],
-        "the crafted name is one column, and no other value came back"
+        exported("after.csv"),
+        [header, vec!["x3", "a3", "3", "2018-07-03"]]
     );
 }
 
