@@ -143,20 +143,20 @@ impl Source {
             path,
             record: csv::StringRecord::new(),
         };
-        let header = source
-            .read()
-            .map_err(|e| source.unreadable(&e))?
-            .unwrap_or_default();
+        let mut header = Vec::new();
+        if source.advance().map_err(|e| source.unreadable(&e))? {
+            header = source.record.iter().map(str::to_owned).collect();
+        }
         for _ in 0..done {
-            if source.read().map_err(|e| source.unreadable(&e))?.is_none() {
+            if !source.advance().map_err(|e| source.unreadable(&e))? {
                 break;
             }
         }
         Ok((source, header))
     }
 
-    /// The next record, or `None` at the end of the file.
-    fn read(&mut self) -> Result<Option<Vec<String>>, String> {
+    /// Reads the next record into `record`; `false` at the end of the file.
+    fn advance(&mut self) -> Result<bool, String> {
         let start = self.reader.position().byte();
         self.reader.get_mut().record_starts(start);
         if !self
@@ -164,13 +164,13 @@ impl Source {
             .read_record(&mut self.record)
             .map_err(|e| e.to_string())?
         {
-            return Ok(None);
+            return Ok(false);
         }
         // The reader's own count: the line's exact length, read-ahead left out.
         if self.reader.position().byte() - start > MAX_RECORD_BYTES {
             return Err(too_long().to_string());
         }
-        Ok(Some(self.record.iter().map(str::to_owned).collect()))
+        Ok(true)
     }
 
     fn unreadable(&self, error: &str) -> Permanent {
@@ -182,17 +182,17 @@ impl Source {
         let mut rows = Vec::with_capacity(count);
         let mut size = 0;
         while rows.len() < count && size < bytes {
-            match self.read() {
-                Ok(Some(fields)) => {
-                    size += fields.iter().map(String::len).sum::<usize>();
+            match self.advance() {
+                Ok(true) => {
+                    size += self.record.as_slice().len();
                     rows.push(
-                        fields
-                            .into_iter()
-                            .map(|field| (!field.is_empty()).then_some(field))
+                        self.record
+                            .iter()
+                            .map(|field| (!field.is_empty()).then(|| field.to_owned()))
                             .collect(),
                     );
                 }
-                Ok(None) => break,
+                Ok(false) => break,
                 Err(error) => {
                     let reason = self.unreadable(&error);
                     return (self, Err(reason));

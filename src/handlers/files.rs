@@ -21,7 +21,7 @@ use crate::config::CsvSettings;
 use crate::context::JobContext;
 
 /// The permissions of a file jobsd creates: not for every user of the machine to read.
-pub(crate) const CREATED_MODE: u32 = 0o640;
+const CREATED_MODE: u32 = 0o640;
 
 /// Flags of every open: a FIFO opens at once instead of waiting for a peer, and a terminal never
 /// becomes the daemon's.
