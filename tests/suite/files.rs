@@ -21,6 +21,7 @@ crate::on_every_backend!(
     csv_export_creates_private_files_and_resumes_only_its_own,
     crafted_column_names_run_no_sql,
     csv_import_refuses_an_oversize_line,
+    csv_export_stays_alive_through_a_slow_query,
 );
 
 /// The `orders` table in this backend's types.
@@ -698,4 +699,40 @@ async fn csv_import_refuses_an_oversize_line(db: TestDb) {
         assert!(reason.len() < 1000, "{} bytes of reason", reason.len());
     }
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM orders").await, 0);
+}
+
+async fn csv_export_stays_alive_through_a_slow_query(db: TestDb) {
+    // A view whose one row takes seconds to compute: several times `dead_after` (1 s) without a
+    // checkpoint, in which only heartbeats show the job is alive.
+    let view = match db.backend {
+        Backend::Postgres => {
+            "CREATE VIEW orders AS SELECT 1 AS id, DATE '2018-07-01' AS day, pg_sleep(3)::TEXT AS slow"
+        }
+        Backend::Mysql => {
+            "CREATE VIEW orders AS SELECT 1 AS id, DATE '2018-07-01' AS day, SLEEP(3) AS slow"
+        }
+        Backend::Sqlite => {
+            "CREATE VIEW orders AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+             WHERE x < 8000000) SELECT 1 AS id, '2018-07-01' AS day, (SELECT COUNT(*) FROM c) AS slow"
+        }
+    };
+    db.exec(view).await.expect("slow view");
+    let folder = tempfile::tempdir().expect("folder");
+    let rows = run_all(
+        &db,
+        folder.path(),
+        "csv_export",
+        &[export_of("slow.csv", "2018-07-01", "2018-07-02")],
+    )
+    .await;
+    let row = &rows[0];
+    assert_eq!(row.status, Status::Done, "{row:?}");
+    assert_eq!(row.attempts, 1, "never taken for dead: {row:?}");
+    let took = row.finished_at.expect("finished") - row.started_at.expect("started");
+    eprintln!("the slow export took {took}");
+    if db.backend != Backend::Sqlite {
+        assert!(took >= chrono::TimeDelta::seconds(3), "{took}");
+    }
+    let written = std::fs::read_to_string(folder.path().join("slow.csv")).expect("export");
+    assert_eq!(written.lines().count(), 2, "{written}");
 }
