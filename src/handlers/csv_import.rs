@@ -20,8 +20,9 @@ use crate::store::TextRow;
 /// Rows per transaction, at most.
 const BATCH_ROWS: usize = 1000;
 
-/// Field bytes per transaction, at most (a batch holds at least one row).
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Field bytes after which a batch goes to the database, whatever its row count: with the line
+/// that crossed it, a batch holds little more than twice [`MAX_RECORD_BYTES`].
+const BATCH_BYTES: usize = 1024 * 1024;
 
 /// The longest line (CSV record) of a file to import, header included.
 pub(crate) const MAX_RECORD_BYTES: u64 = 1024 * 1024;

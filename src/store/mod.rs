@@ -153,7 +153,8 @@ pub trait Store: Send + Sync + 'static {
     async fn statements(&self) -> Result<Option<u64>>;
 
     /// Creates an empty database named `name` beside this one and returns its URL, for
-    /// benchmarks; `drop_scratch` removes it. `name` is quoted, never trusted.
+    /// benchmarks; `drop_scratch` removes it. `name` is quoted (checked, where it names a file),
+    /// never trusted.
     async fn create_scratch(&self, url: &str, name: &str) -> Result<String>;
 
     async fn drop_scratch(&self, name: &str) -> Result<()>;
