@@ -187,6 +187,32 @@ impl JobContext {
             .elapsed()
     }
 
+    /// Runs `work`, a step too long to leave the job silent (a query, a skip through a file),
+    /// recording a sign of life every [`heartbeat_interval`](Self::heartbeat_interval) while it
+    /// runs. It never pauses: a step is paused only between steps, where the handler can say
+    /// where it got to. A job no longer this replica's stops here, as at a heartbeat.
+    pub(crate) async fn beating<T>(&self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let store = &self.replica.store;
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep(self.heartbeat_interval()) => {}
+            }
+            // The work goes on while the database answers.
+            let beat = store.heartbeat(self.job.id, &self.replica.worker, None);
+            let ours = tokio::select! {
+                done = &mut work => return done,
+                ours = beat => ours,
+            };
+            match ours {
+                Ok(true) => {}
+                Ok(false) => self.stop_here().await,
+                Err(error) => tracing::debug!(job = self.job.id, %error, "heartbeat not recorded"),
+            }
+        }
+    }
+
     /// For built-in kinds that write their work and its checkpoint in one transaction of their
     /// own: `ours` says whether the checkpoint found the job still this replica's. Stops the
     /// handler if not, and pauses here if a pause was requested.

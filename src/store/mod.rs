@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use sqlx::FromRow as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -123,8 +124,8 @@ pub trait Store: Send + Sync + 'static {
     /// `false` if there is no such job.
     async fn request(&self, id: i64, control: Control) -> Result<bool>;
 
-    /// The column names of `table`, in order; empty if there is no such table. `table` is a
-    /// plain identifier (see [`is_identifier`]).
+    /// The column names of `table`, in order; empty if there is no such table. A name may hold
+    /// any character the database allows: every query quotes it.
     async fn columns(&self, table: &str) -> Result<Vec<String>>;
 
     /// In one transaction: inserts `rows` (NULL for `None`, else text the database converts to
@@ -141,14 +142,15 @@ pub trait Store: Send + Sync + 'static {
         progress: &str,
     ) -> Result<bool>;
 
-    /// The rows of `table` whose `date_column` falls on `day`, as text, in `columns` order.
-    async fn export_day(
-        &self,
-        table: &str,
-        date_column: &str,
-        columns: &[String],
+    /// The rows of `table` whose `date_column` falls on `day`, as text, in `columns` order, as
+    /// the database sends them: a day of any size costs the memory of a row at a time.
+    fn export_day<'a>(
+        &'a self,
+        table: &'a str,
+        date_column: &'a str,
+        columns: &'a [String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<TextRow>>;
+    ) -> BoxStream<'a, Result<TextRow>>;
 
     /// Whole rows for people and tests: the given ids, or else the newest `limit` rows.
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>>;
@@ -163,7 +165,8 @@ pub trait Store: Send + Sync + 'static {
     async fn statements(&self) -> Result<Option<u64>>;
 
     /// Creates an empty database named `name` beside this one and returns its URL, for
-    /// benchmarks; `drop_scratch` removes it.
+    /// benchmarks; `drop_scratch` removes it. `name` is quoted (checked, where it names a file),
+    /// never trusted.
     async fn create_scratch(&self, url: &str, name: &str) -> Result<String>;
 
     async fn drop_scratch(&self, name: &str) -> Result<()>;
@@ -334,8 +337,9 @@ where
     }
 }
 
-/// Whether `name` may be pasted into SQL as an identifier: letters, digits and `_`, not starting
-/// with a digit. Names from payloads and files are checked with this before any query is built.
+/// Whether `name` is a plain identifier: letters, digits and `_`, not starting with a digit.
+/// Table names on the `csv_tables` allow-list must be; SQL never relies on it, as every
+/// identifier is quoted.
 pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -345,11 +349,24 @@ pub fn is_identifier(name: &str) -> bool {
         && name.len() <= 64
 }
 
-/// `names` quoted with `quote` and joined with commas, for a column list.
-fn column_list(names: &[String], quote: char) -> String {
+/// A dialect's way of quoting an identifier so that any name, whatever it holds, stays one name.
+type Quote = fn(&str) -> String;
+
+/// PostgreSQL's and SQLite's identifier quoting: `"` around, a `"` inside doubled.
+fn double_quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// MySQL's and MariaDB's identifier quoting: a backtick around, a backtick inside doubled.
+fn backticked(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `names` quoted and joined with commas, for a column list.
+fn column_list(names: &[String], quote: Quote) -> String {
     names
         .iter()
-        .map(|name| format!("{quote}{name}{quote}"))
+        .map(|name| quote(name))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -360,7 +377,7 @@ fn inserts<'a, DB>(
     table: &str,
     columns: &[String],
     rows: &'a [TextRow],
-    quote: char,
+    quote: Quote,
     max_params: usize,
 ) -> Vec<sqlx::QueryBuilder<'a, DB>>
 where
@@ -369,7 +386,8 @@ where
 {
     let per_statement = (max_params / columns.len().max(1)).clamp(1, 1000);
     let head = format!(
-        "INSERT INTO {quote}{table}{quote} ({}) ",
+        "INSERT INTO {} ({}) ",
+        quote(table),
         column_list(columns, quote)
     );
     rows.chunks(per_statement)
@@ -385,18 +403,18 @@ where
         .collect()
 }
 
-/// The dialect's spellings an export query needs: identifier quote, text type, and the two
+/// The dialect's spellings an export query needs: identifier quoting, text type, and the two
 /// placeholders of a day's bounds.
 struct ExportDialect {
-    quote: char,
+    quote: Quote,
     text: &'static str,
     from: &'static str,
     until: &'static str,
 }
 
 /// `SELECT` the `columns` of `table` as text for rows whose `date_column` lies between the two
-/// bound placeholders, in date order. Every name was checked by [`is_identifier`] or read from
-/// the catalog.
+/// bound placeholders, in date order. Every name is quoted: one the catalog returns may hold
+/// anything, quotes and parentheses included.
 fn export_sql(
     table: &str,
     date_column: &str,
@@ -404,32 +422,31 @@ fn export_sql(
     dialect: &ExportDialect,
 ) -> String {
     let ExportDialect {
-        quote: q,
+        quote,
         text,
         from,
         until,
     } = dialect;
     let fields: Vec<String> = columns
         .iter()
-        .map(|c| format!("CAST({q}{c}{q} AS {text})"))
+        .map(|c| format!("CAST({} AS {text})", quote(c)))
         .collect();
-    let first = columns.first().map(String::as_str).unwrap_or(date_column);
+    let date = quote(date_column);
+    let first = quote(columns.first().map(String::as_str).unwrap_or(date_column));
     format!(
-        "SELECT {} FROM {q}{table}{q} WHERE {q}{date_column}{q} >= {from} AND {q}{date_column}{q} < {until} \
-         ORDER BY {q}{date_column}{q}, {q}{first}{q}",
-        fields.join(", ")
+        "SELECT {} FROM {} WHERE {date} >= {from} AND {date} < {until} ORDER BY {date}, {first}",
+        fields.join(", "),
+        quote(table),
     )
 }
 
-/// Each row as text fields, in column order.
-fn text_rows<R: sqlx::Row>(rows: Vec<R>) -> Result<Vec<TextRow>>
+/// A row as text fields, in column order.
+fn text_row<R: sqlx::Row>(row: &R) -> Result<TextRow>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    rows.iter()
-        .map(|row| (0..row.len()).map(|i| row.try_get(i)).collect())
-        .collect()
+    (0..row.len()).map(|i| row.try_get(i)).collect()
 }
 
 /// Whole rows, each decoded on its own: a row a user wrote with a value that cannot be read
@@ -719,6 +736,27 @@ mod tests {
         let cut = storable(&long);
         assert!(cut.len() <= MAX_REASON_BYTES, "{}", cut.len());
         assert!(cut.ends_with("(cut)"));
+    }
+
+    #[test]
+    fn quoting_keeps_any_name_one_identifier() {
+        assert_eq!(double_quoted("orders"), "\"orders\"");
+        assert_eq!(double_quoted("a\"b"), "\"a\"\"b\"");
+        assert_eq!(backticked("a`b"), "`a``b`");
+        let crafted = "a\"AS TEXT),(SELECT current_user)::TEXT,CAST(\"a".to_owned();
+        let dialect = ExportDialect {
+            quote: double_quoted,
+            text: "TEXT",
+            from: "$1",
+            until: "$2",
+        };
+        let sql = export_sql("t", "day", &[crafted, "day".into()], &dialect);
+        assert_eq!(
+            sql,
+            "SELECT CAST(\"a\"\"AS TEXT),(SELECT current_user)::TEXT,CAST(\"\"a\" AS TEXT), \
+             CAST(\"day\" AS TEXT) FROM \"t\" WHERE \"day\" >= $1 AND \"day\" < $2 \
+             ORDER BY \"day\", \"a\"\"AS TEXT),(SELECT current_user)::TEXT,CAST(\"\"a\""
+        );
     }
 
     #[test]

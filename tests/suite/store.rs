@@ -634,7 +634,10 @@ async fn a_claim_reads_each_row_on_its_own(db: TestDb) {
             })
             .await
             .expect_err("a payload over the limit is refused at INSERT");
-        assert!(refused.to_string().contains("payload too large"), "{refused}");
+        assert!(
+            refused.to_string().contains("payload too large"),
+            "{refused}"
+        );
     }
     let big = "x".repeat(2 << 20);
     let good = store
