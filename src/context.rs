@@ -149,27 +149,36 @@ impl JobContext {
     /// job carries on, and the publishers report the outage.
     async fn beat(&self, progress: Option<&str>) {
         let (id, replica) = (self.job.id, &self.replica);
+        // A database that hangs rather than fails must not hold the handler past its lease;
+        // one that answers says itself whether the job is still ours, however late it is.
         let left = replica.dead_after.saturating_sub(self.since_vouched());
-        // A database that hangs rather than fails must not hold the handler past its lease.
+        let wait = left.max(replica.heartbeat_interval);
         let beat = replica.store.heartbeat(id, &replica.worker, progress);
-        let error = match tokio::time::timeout(left, beat).await {
+        let error = match tokio::time::timeout(wait, beat).await {
             Ok(Ok(ours)) => return self.checkpointed(ours).await,
             Ok(Err(error)) => error.to_string(),
             Err(_) => "no answer".to_owned(),
         };
-        if self.since_vouched() >= replica.dead_after {
+        self.unvouched(&error).await;
+        if self.pause.requested() {
+            self.pause_here().await;
+        }
+    }
+
+    /// A sign of life did not reach the database: once none has for `dead_after`, the lease
+    /// is over and the handler stops here.
+    async fn unvouched(&self, error: &str) {
+        let (id, lease) = (self.job.id, self.replica.dead_after);
+        if self.since_vouched() >= lease {
             tracing::warn!(
                 job = id,
                 %error,
-                lease = ?replica.dead_after,
+                ?lease,
                 "no sign of life reached the database within the lease; stopping, as another replica may take the job over"
             );
             self.stop_here().await;
         }
         tracing::debug!(job = id, %error, "heartbeat not recorded");
-        if self.pause.requested() {
-            self.pause_here().await;
-        }
     }
 
     /// A sign of life of this run has just reached the database.
@@ -206,9 +215,9 @@ impl JobContext {
                 ours = beat => ours,
             };
             match ours {
-                Ok(true) => {}
+                Ok(true) => self.vouched_now(),
                 Ok(false) => self.stop_here().await,
-                Err(error) => tracing::debug!(job = self.job.id, %error, "heartbeat not recorded"),
+                Err(error) => self.unvouched(&error.to_string()).await,
             }
         }
     }
