@@ -44,7 +44,7 @@ impl Publisher for DeadJobs {
                 break;
             }
         }
-        replica.alive().await;
+        replica.reached_database().await;
         // The canceller settles what was sent before the next pass looks again.
         Ok(false)
     }
