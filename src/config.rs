@@ -264,10 +264,7 @@ fn check_syntax(path: &Path) -> Result<Option<String>, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(ConfigError(format!(
-                "{}: not UTF-8 text",
-                path.display()
-            )));
+            return Err(ConfigError(format!("{}: not UTF-8 text", path.display())));
         }
         Err(_) => return Ok(None),
     };

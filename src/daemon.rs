@@ -84,10 +84,7 @@ impl Daemon {
         // Files an earlier process left say nothing about this one.
         replica::remove(&config.health_file).await;
         replica::remove(&liveness_file).await;
-        let ticker = tokio::spawn(replica::keep_alive(
-            liveness_file.clone(),
-            shutdown.clone(),
-        ));
+        let ticker = tokio::spawn(replica::keep_alive(liveness_file.clone(), shutdown.clone()));
         let replica = Arc::new(Replica {
             store: Arc::clone(&self.store),
             worker: Arc::clone(&self.worker),

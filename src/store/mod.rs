@@ -289,7 +289,11 @@ pub fn secrets(url: &str) -> Vec<String> {
         // A value after `?` may spell a space as `+`; the user info may not.
         let in_query = text[..range.start].contains('?');
         let raw = text[range].to_owned();
-        let plus = if in_query { raw.replace('+', " ") } else { raw.clone() };
+        let plus = if in_query {
+            raw.replace('+', " ")
+        } else {
+            raw.clone()
+        };
         let decoded = percent_encoding::percent_decode_str(&plus)
             .decode_utf8_lossy()
             .into_owned();
@@ -668,12 +672,30 @@ mod tests {
                 "postgres://u@h/db?sslmode=require&sslpassword=S3CRET&application_name=a",
                 "postgres://u@h/db?sslmode=require&sslpassword=***&application_name=a",
             ),
-            ("postgres://u@h/db?PASSWORD=S3CRET", "postgres://u@h/db?PASSWORD=***"),
-            ("postgres://u@h/db?Password=S3CRET", "postgres://u@h/db?Password=***"),
-            ("mysql://u@h/db?db_passwd=S3CRET", "mysql://u@h/db?db_passwd=***"),
-            ("mysql://u@h/db?client_Secret=S3CRET", "mysql://u@h/db?client_Secret=***"),
-            ("postgres://u@h/db?pass%77ord=S3CRET", "postgres://u@h/db?pass%77ord=***"),
-            ("postgres://u@h/db?password=S3CRET#top", "postgres://u@h/db?password=***#top"),
+            (
+                "postgres://u@h/db?PASSWORD=S3CRET",
+                "postgres://u@h/db?PASSWORD=***",
+            ),
+            (
+                "postgres://u@h/db?Password=S3CRET",
+                "postgres://u@h/db?Password=***",
+            ),
+            (
+                "mysql://u@h/db?db_passwd=S3CRET",
+                "mysql://u@h/db?db_passwd=***",
+            ),
+            (
+                "mysql://u@h/db?client_Secret=S3CRET",
+                "mysql://u@h/db?client_Secret=***",
+            ),
+            (
+                "postgres://u@h/db?pass%77ord=S3CRET",
+                "postgres://u@h/db?pass%77ord=***",
+            ),
+            (
+                "postgres://u@h/db?password=S3CRET#top",
+                "postgres://u@h/db?password=***#top",
+            ),
             (
                 "postgres://u:S3CRET@h/db?password=S3CRET&sslpassword=S3CRET2",
                 "postgres://u:***@h/db?password=***&sslpassword=***",
@@ -706,7 +728,10 @@ mod tests {
             ("postgres://a:b c@", "b c"),
             ("postgres://u:pa/ss@h/db", "pa/ss"),
             ("postgres://u:S3CRET@h:notaport/db", "S3CRET"),
-            ("postgres://u@h:notaport/db?sslmode=x&PassWord=S3CRET", "S3CRET"),
+            (
+                "postgres://u@h:notaport/db?sslmode=x&PassWord=S3CRET",
+                "S3CRET",
+            ),
             ("postgres://u@[::1/db?password=S3CRET", "S3CRET"),
         ] {
             assert!(url::Url::parse(url).is_err(), "{url} parses after all");
