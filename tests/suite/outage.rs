@@ -107,6 +107,11 @@ mod mysql {
         )
         .await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_against_a_database_that_does_not_answer_ends_in_bounded_time() {
+        super::a_shutdown_against_a_database_that_does_not_answer_ends_in_bounded_time().await;
+    }
 }
 
 // === 1. A backlog across an outage ===
@@ -597,6 +602,65 @@ async fn liveness_passes_throughout_an_outage_and_readiness_follows_the_database
     assert!(
         after.iter().all(|p| p.ready),
         "readiness stays once the database answers: {ready}"
+    );
+    assert_no_password(&daemon.log(), &server.password);
+}
+
+// === 5. A shutdown the database does not answer ===
+
+/// Kubernetes kills a pod `terminationGracePeriodSeconds` after SIGTERM, and build.yaml sets it
+/// from `shutdown_grace` + [`jobsd::daemon::FINAL_WRITES`]. So with jobs still running and a
+/// server that has stopped answering (stopped with SIGSTOP: connections stay open, nothing comes
+/// back, no error ends a wait), the daemon must still have exited by then.
+async fn a_shutdown_against_a_database_that_does_not_answer_ends_in_bounded_time() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let server = PrivateServer::start(Backend::Mysql).await;
+    let url = server.url();
+    let store = connect(&url).await;
+    store.migrate().await.expect("migrations apply");
+    let grace = format!("{}s", GRACE.as_secs());
+    let launcher = Launcher::for_url(
+        &url,
+        &[
+            ("JOBSD_POLL_INTERVAL", "200ms"),
+            ("JOBSD_SHUTDOWN_GRACE", &grace),
+        ],
+    );
+    let mut daemon = launcher.start("hung");
+    daemon.ready(STARTUP).await;
+    let sql = crate::common::sql_at(&url).await;
+    insert(&sql, &[Job::sleep(1, 600_000), Job::sleep(2, 600_000)]).await;
+    sql.close().await;
+    until(Duration::from_secs(30), async || {
+        daemon.assert_running();
+        let running = count(&store, Status::Running).await;
+        (running == 2)
+            .then_some(())
+            .ok_or_else(|| format!("{running} of 2 jobs running"))
+    })
+    .await;
+
+    let mariadbd = server
+        .mariadbd
+        .as_ref()
+        .expect("mariadbd is running")
+        .id()
+        .to_string();
+    run(Command::new("kill").args(["-STOP", &mariadbd])).await;
+    let limit = GRACE + jobsd::daemon::FINAL_WRITES + Duration::from_secs(2);
+    let began = Instant::now();
+    let exit = daemon.terminate(limit + Duration::from_secs(30)).await;
+    let took = began.elapsed();
+    run(Command::new("kill").args(["-CONT", &mariadbd])).await;
+    println!("shutdown against a stopped server: {took:.1?}, {exit}");
+    assert!(
+        took >= GRACE,
+        "running jobs had their grace ({GRACE:?}), took {took:?}"
+    );
+    assert!(
+        took <= limit,
+        "shutdown took {took:?}, more than shutdown_grace + FINAL_WRITES ({limit:?} with a margin)\n{}",
+        daemon.tail()
     );
     assert_no_password(&daemon.log(), &server.password);
 }
