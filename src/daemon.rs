@@ -203,9 +203,10 @@ impl Daemon {
                 );
             }
         }
-        // Every job task has ended, so the pool and its end of the outcome channel are gone:
-        // the completer writes what is left and stops. Only then is it safe to release. What
-        // it cannot write in time is left to the dead-job sweep.
+        // Every job task has ended (unless the database kept them past the budget), so the pool
+        // and its end of the outcome channel are gone: the completer writes what is left and
+        // stops. Only then is it safe to release. What it cannot write in time is left to the
+        // dead-job sweep.
         let ended = match timeout_at(writes_over, &mut completer).await {
             Ok(ended) => ended,
             Err(_) => {
