@@ -28,7 +28,8 @@ COPY --from=build /jobsd /usr/local/bin/jobsd
 # The distroless "nonroot" user, by number so that Kubernetes can check runAsNonRoot.
 USER 65532:65532
 WORKDIR /home/nonroot
-# For plain docker; on Kubernetes the probes in build.yaml run the same command.
+# For plain docker: liveness only, so a database outage never marks the container unhealthy
+# (`jobsd health --ready` asks about the database). build.yaml's liveness probe is the same.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s CMD ["jobsd", "health", "--max-age", "30s"]
 ENTRYPOINT ["jobsd"]
 CMD ["run"]

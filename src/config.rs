@@ -41,8 +41,8 @@ pub struct Config {
     pub worker_id: String,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
-    /// Touched after every pass of the dead-jobs loop that reached the database; `jobsd health`
-    /// reads its age.
+    /// Rewritten after every pass of the dead-jobs loop that reached the database: its age is
+    /// what `jobsd health --ready` reads. Beside it, [`Config::liveness_file`].
     pub health_file: PathBuf,
     /// The only tables `csv_import` and `csv_export` jobs may name.
     pub csv_tables: Vec<String>,
@@ -90,7 +90,19 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         use config::{Environment, File, FileFormat};
 
-        let wrap = |e: config::ConfigError| ConfigError(e.to_string());
+        let path = file.unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
+        let from_file = check_syntax(path)?;
+        // A message about a value may quote it: take out the database URL's secrets, wherever
+        // the URL came from.
+        let mut secrets = Vec::new();
+        for url in [from_file, std::env::var("DATABASE_URL").ok()]
+            .into_iter()
+            .flatten()
+        {
+            secrets.extend(crate::store::secrets(&url));
+        }
+        let scrubbed = |text: String| ConfigError(crate::store::scrub_all(&text, &secrets));
+        let wrap = |e: config::ConfigError| scrubbed(e.to_string());
         let mut builder = config::Config::builder();
         for (key, value) in DEFAULTS {
             builder = builder.set_default(*key, *value).map_err(wrap)?;
@@ -125,7 +137,7 @@ impl Config {
             .build()
             .map_err(wrap)?
             .try_deserialize()
-            .map_err(|e| ConfigError(explain(&e)))?;
+            .map_err(|e| scrubbed(explain(&e)))?;
         if config.worker_id.is_empty() {
             config.worker_id = host_name();
         }
@@ -185,6 +197,14 @@ impl Config {
         Ok(())
     }
 
+    /// Rewritten every second by the running daemon, whatever the database does: its age is
+    /// what `jobsd health` reads. `health_file` with `.live` added.
+    pub fn liveness_file(&self) -> PathBuf {
+        let mut name = self.health_file.clone().into_os_string();
+        name.push(".live");
+        name.into()
+    }
+
     pub fn csv(&self) -> CsvSettings {
         CsvSettings {
             tables: self.csv_tables.clone(),
@@ -233,6 +253,41 @@ fn explain(error: &config::ConfigError) -> String {
     match named {
         Some(key) => format!("{key} ({}): {text}", env_name(key)),
         None => text,
+    }
+}
+
+/// Reads the settings file, if there is one to read, and returns its `database_url`. A file
+/// that is not TOML is refused by line and column, never with its text: the `config` crate
+/// would quote the line, and it may hold a password. A file that cannot be read is left to
+/// the `config` crate, which says so by name.
+fn check_syntax(path: &Path) -> Result<Option<String>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(ConfigError(format!("{}: not UTF-8 text", path.display())));
+        }
+        Err(_) => return Ok(None),
+    };
+    match toml::from_str::<toml::Table>(&text) {
+        Ok(table) => Ok(table
+            .get("database_url")
+            .and_then(toml::Value::as_str)
+            .map(str::to_owned)),
+        Err(error) => {
+            let at = error.span().map_or(0, |span| span.start).min(text.len());
+            let before = text.get(..at).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let column = before
+                .rsplit('\n')
+                .next()
+                .map_or(0, |line| line.chars().count())
+                + 1;
+            Err(ConfigError(format!(
+                "{} line {line}, column {column}: not valid TOML (the line is not shown: it may \
+                 hold a password)",
+                path.display()
+            )))
+        }
     }
 }
 

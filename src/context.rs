@@ -149,27 +149,36 @@ impl JobContext {
     /// job carries on, and the publishers report the outage.
     async fn beat(&self, progress: Option<&str>) {
         let (id, replica) = (self.job.id, &self.replica);
+        // A database that hangs rather than fails must not hold the handler past its lease;
+        // one that answers says itself whether the job is still ours, however late it is.
         let left = replica.dead_after.saturating_sub(self.since_vouched());
-        // A database that hangs rather than fails must not hold the handler past its lease.
+        let wait = left.max(replica.heartbeat_interval);
         let beat = replica.store.heartbeat(id, &replica.worker, progress);
-        let error = match tokio::time::timeout(left, beat).await {
+        let error = match tokio::time::timeout(wait, beat).await {
             Ok(Ok(ours)) => return self.checkpointed(ours).await,
             Ok(Err(error)) => error.to_string(),
             Err(_) => "no answer".to_owned(),
         };
-        if self.since_vouched() >= replica.dead_after {
+        self.unvouched(&error).await;
+        if self.pause.requested() {
+            self.pause_here().await;
+        }
+    }
+
+    /// A sign of life did not reach the database: once none has for `dead_after`, the lease
+    /// is over and the handler stops here.
+    async fn unvouched(&self, error: &str) {
+        let (id, lease) = (self.job.id, self.replica.dead_after);
+        if self.since_vouched() >= lease {
             tracing::warn!(
                 job = id,
                 %error,
-                lease = ?replica.dead_after,
+                ?lease,
                 "no sign of life reached the database within the lease; stopping, as another replica may take the job over"
             );
             self.stop_here().await;
         }
         tracing::debug!(job = id, %error, "heartbeat not recorded");
-        if self.pause.requested() {
-            self.pause_here().await;
-        }
     }
 
     /// A sign of life of this run has just reached the database.
@@ -185,6 +194,32 @@ impl JobContext {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .elapsed()
+    }
+
+    /// Runs `work`, a step too long to leave the job silent (a query, a skip through a file),
+    /// recording a sign of life every [`heartbeat_interval`](Self::heartbeat_interval) while it
+    /// runs. It never pauses: a step is paused only between steps, where the handler can say
+    /// where it got to. A job no longer this replica's stops here, as at a heartbeat.
+    pub(crate) async fn beating<T>(&self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let store = &self.replica.store;
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep(self.heartbeat_interval()) => {}
+            }
+            // The work goes on while the database answers.
+            let beat = store.heartbeat(self.job.id, &self.replica.worker, None);
+            let ours = tokio::select! {
+                done = &mut work => return done,
+                ours = beat => ours,
+            };
+            match ours {
+                Ok(true) => self.vouched_now(),
+                Ok(false) => self.stop_here().await,
+                Err(error) => self.unvouched(&error.to_string()).await,
+            }
+        }
     }
 
     /// For built-in kinds that write their work and its checkpoint in one transaction of their

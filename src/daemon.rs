@@ -1,14 +1,22 @@
 //! Wires the loops together and runs them until shutdown, then drains in two phases: stop
-//! claiming at once; give running jobs `shutdown_grace` to finish; then stop the rest and release
-//! them to NEW; write the outcomes still waiting in the completer; release whatever is left.
-//! Nothing is lost and nothing is cancelled by a shutdown.
+//! claiming at once; give running jobs `shutdown_grace` (counted from the shutdown) to finish;
+//! then stop the rest and release them to NEW; write the outcomes still waiting in the
+//! completer; release whatever is left. Nothing is lost and nothing is cancelled by a shutdown.
+//!
+//! The drain must end before the orchestrator's patience does (Kubernetes kills the process
+//! `terminationGracePeriodSeconds` after SIGTERM), also when the database does not answer. So
+//! everything after the grace shares [`FINAL_WRITES`]: the worst case of a shutdown is
+//! `shutdown_grace` + `FINAL_WRITES`, whatever the database does. What could not be written by
+//! then is left to the other replicas' dead-job sweep, as after a crash.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,8 +27,16 @@ use crate::consumer::{self, Pool};
 use crate::handlers::Handlers;
 use crate::held::Held;
 use crate::publisher::{self, Controls, DeadJobs, NewJobs};
-use crate::replica::Replica;
+use crate::replica::{self, Replica};
 use crate::store::{Store, Wakes};
+
+/// How long a shutdown may take after `shutdown_grace`, against a database that does not
+/// answer: releasing the jobs the grace did not see finish, the completer's last writes, the
+/// loops' last passes, and the final release. build.yaml's grace period counts on it.
+pub const FINAL_WRITES: Duration = Duration::from_secs(10);
+
+/// Of [`FINAL_WRITES`], what is kept for the final release, however long the rest took.
+const FINAL_RELEASE: Duration = Duration::from_secs(3);
 
 pub struct Daemon {
     store: Arc<dyn Store>,
@@ -67,6 +83,11 @@ impl Daemon {
             tracing::warn!(%error, "could not set the database's payload limit");
         }
         let consumers = usize::try_from(config.consumers).unwrap_or(usize::MAX);
+        let liveness_file = config.liveness_file();
+        // Files an earlier process left say nothing about this one.
+        replica::remove(&config.health_file).await;
+        replica::remove(&liveness_file).await;
+        let ticker = tokio::spawn(replica::keep_alive(liveness_file.clone(), shutdown.clone()));
         let replica = Arc::new(Replica {
             store: Arc::clone(&self.store),
             worker: Arc::clone(&self.worker),
@@ -144,13 +165,25 @@ impl Daemon {
             retry_backoff: config.retry_backoff,
             completer: outcomes_tx,
         });
-        let dispatcher = tokio::spawn(pool.run(claimed_rx, shutdown.clone(), jobs.clone()));
+        let mut dispatcher = tokio::spawn(pool.run(claimed_rx, shutdown.clone(), jobs.clone()));
 
         shutdown.cancelled().await;
+        let grace_over = Instant::now() + config.shutdown_grace;
+        let all_over = grace_over + FINAL_WRITES;
+        let writes_over = all_over - FINAL_RELEASE;
+        if let Err(error) = ticker.await {
+            tracing::error!(%error, "the liveness ticker ended abnormally");
+        }
         // Phase one: no more claims; what waits in the channel goes back to NEW, and paused
-        // jobs are let go at once, staying PAUSED for whoever resumes them.
-        if let Err(error) = dispatcher.await {
-            tracing::error!(%error, "consumer pool ended abnormally");
+        // jobs are let go at once, staying PAUSED for whoever resumes them. The pool holds the
+        // completer's channel open, so it must end for the completer to end.
+        match timeout_at(grace_over, &mut dispatcher).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "consumer pool ended abnormally"),
+            Err(_) => {
+                tracing::warn!("shutdown: queued jobs could not be given back within the grace");
+                dispatcher.abort();
+            }
         }
         replica.held.interrupt_paused();
         jobs.close();
@@ -159,22 +192,24 @@ impl Daemon {
             tracing::info!(running, grace = ?config.shutdown_grace, "shutdown: waiting for running jobs");
         }
         // Phase two: after the grace, stop what still runs and release it.
-        if tokio::time::timeout(config.shutdown_grace, jobs.wait())
-            .await
-            .is_err()
-        {
+        if timeout_at(grace_over, jobs.wait()).await.is_err() {
             tracing::warn!(
                 still_running = jobs.len(),
                 "shutdown grace over; releasing unfinished jobs to NEW"
             );
             replica.held.interrupt_all();
-            jobs.wait().await;
+            if timeout_at(writes_over, jobs.wait()).await.is_err() {
+                tracing::error!(
+                    jobs = jobs.len(),
+                    "shutdown: the database does not answer; the final release or the dead-job sweep will take those jobs"
+                );
+            }
         }
-        // Every job task has ended, so the pool and its end of the outcome channel are gone:
-        // the completer writes what is left and stops. Only then is it safe to release. A
-        // database that does not answer gets one more grace; then the outcomes are given up,
-        // and those jobs are left to the dead-job sweep.
-        let ended = match tokio::time::timeout(config.shutdown_grace, &mut completer).await {
+        // Every job task has ended (unless the database kept them past the budget), so the pool
+        // and its end of the outcome channel are gone: the completer writes what is left and
+        // stops. Only then is it safe to release. What it cannot write in time is left to the
+        // dead-job sweep.
+        let ended = match timeout_at(writes_over, &mut completer).await {
             Ok(ended) => ended,
             Err(_) => {
                 tracing::error!(
@@ -190,9 +225,21 @@ impl Daemon {
             tracing::error!(%error, "completer ended abnormally");
         }
         loops.close();
-        loops.wait().await;
+        if timeout_at(writes_over, loops.wait()).await.is_err() {
+            tracing::warn!("shutdown: a loop's last pass got no answer from the database");
+        }
         // Anything still held (a release that failed above) goes back now.
-        let stray = self.store.release(&self.worker, None).await?;
+        let release = self.store.release(&self.worker, None);
+        let released = timeout_at(all_over, release).await;
+        replica::remove(&config.health_file).await;
+        replica::remove(&liveness_file).await;
+        let stray = match released {
+            Ok(released) => released?,
+            Err(_) => anyhow::bail!(
+                "the final release got no answer from the database in time; the dead-job sweep \
+                 will hand this replica's jobs on"
+            ),
+        };
         if stray > 0 {
             tracing::info!(jobs = stray, "released leftover jobs");
         }

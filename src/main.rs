@@ -2,8 +2,10 @@
 
 use std::future::Future;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
@@ -72,8 +74,12 @@ enum Command {
         #[arg(long)]
         max_attempts: Option<i32>,
     },
-    /// Exit 0 if a `jobsd run` on this machine reached the database within MAX_AGE (a probe)
+    /// Exit 0 if a `jobsd run` on this machine is alive (liveness probe), or with --ready if it
+    /// reached the database within MAX_AGE (readiness probe)
     Health {
+        /// Ask whether the daemon reaches the database, not only whether it runs
+        #[arg(long)]
+        ready: bool,
         /// How old the last sign of life may be
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         max_age: std::time::Duration,
@@ -128,23 +134,30 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(config.log_format);
+    // Whatever jobsd says on stderr, its own words or a driver's, goes through this.
+    let secrets: Arc<[String]> = store::secrets(&config.database_url).into();
+    init_logging(config.log_format, Arc::clone(&secrets));
     match run(cli.command, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.is::<ConnectError>() => {
-            eprintln!("jobsd: {error}");
+            eprintln!("jobsd: {}", store::scrub_all(&error.to_string(), &secrets));
             ExitCode::from(EXIT_USAGE)
         }
         Err(error) => {
-            eprintln!("jobsd: {}", jobsd::in_words(&error));
+            let line = jobsd::in_words(&error);
+            eprintln!("jobsd: {}", store::scrub_all(&line, &secrets));
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
-    if let Command::Health { max_age } = command {
-        return health(&config.health_file, max_age);
+    if let Command::Health { ready, max_age } = command {
+        return if ready {
+            readiness(&config.health_file, max_age)
+        } else {
+            liveness(&config.liveness_file(), max_age)
+        };
     }
     let store = store::connect(&config.database_url, config.pool_size()).await?;
     let database = store::redact(&config.database_url);
@@ -224,27 +237,54 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The probe: the daemon rewrites `file` after every pass that reached the database, so an old
-/// file means its loops have stopped or the database has not answered for `max_age`.
-fn health(file: &std::path::Path, max_age: std::time::Duration) -> anyhow::Result<()> {
-    let modified = std::fs::metadata(file)
-        .and_then(|meta| meta.modified())
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "no sign of life at {} ({e}); is `jobsd run` running?",
-                file.display()
-            )
-        })?;
-    let age = modified.elapsed().unwrap_or_default();
-    let shown = humantime::format_duration(std::time::Duration::from_secs(age.as_secs()));
+/// The liveness probe: the daemon rewrites `file` every second, whatever the database does, so
+/// an old file means its loops have stopped turning (or it is not running).
+fn liveness(file: &Path, max_age: Duration) -> anyhow::Result<()> {
+    let age = age(file).map_err(|e| {
+        anyhow::anyhow!(
+            "no sign of life at {} ({e}); is `jobsd run` running?",
+            file.display()
+        )
+    })?;
     if age > max_age {
         anyhow::bail!(
-            "last sign of life {shown} ago, more than {}: the loops have stopped or the database does not answer",
+            "last sign of life {} ago, more than {}: the loops have stopped",
+            seconds(age),
             humantime::format_duration(max_age)
         );
     }
-    println!("alive: last pass {shown} ago");
+    println!("alive: last sign of life {} ago", seconds(age));
     Ok(())
+}
+
+/// The readiness probe: the daemon rewrites `file` after every pass that reached the database,
+/// so an old file means the database has not answered for `max_age` (or the loops stopped).
+fn readiness(file: &Path, max_age: Duration) -> anyhow::Result<()> {
+    let age = age(file).map_err(|e| {
+        anyhow::anyhow!(
+            "not ready: no pass has reached the database ({}: {e}); is `jobsd run` running?",
+            file.display()
+        )
+    })?;
+    if age > max_age {
+        anyhow::bail!(
+            "not ready: the database last answered {} ago, more than {}",
+            seconds(age),
+            humantime::format_duration(max_age)
+        );
+    }
+    println!("ready: the database answered {} ago", seconds(age));
+    Ok(())
+}
+
+/// How long ago `file` was last written.
+fn age(file: &Path) -> std::io::Result<Duration> {
+    let modified = std::fs::metadata(file)?.modified()?;
+    Ok(modified.elapsed().unwrap_or_default())
+}
+
+fn seconds(age: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(age.as_secs()))
 }
 
 /// Writes a control request; the daemon carries it out within `control_interval`.
@@ -286,9 +326,9 @@ async fn signalled() {
 }
 
 /// Logs to stderr at `RUST_LOG`'s levels (`info,sqlx=warn` unless set; `level` and
-/// `target=level` items). Targets, not EnvFilter: no regular-expression engine in the binary,
-/// which is a good part of its resident set.
-fn init_logging(format: LogFormat) {
+/// `target=level` items), with `secrets` taken out of every line. Targets, not EnvFilter: no
+/// regular-expression engine in the binary, which is a good part of its resident set.
+fn init_logging(format: LogFormat, secrets: Arc<[String]>) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|directives| directives.parse::<Targets>().ok())
@@ -300,10 +340,37 @@ fn init_logging(format: LogFormat) {
     // Colour only for a person at a terminal, never in a collected log.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(move || Scrubbed {
+            secrets: Arc::clone(&secrets),
+        })
         .with_ansi(colour);
     match format {
         LogFormat::Text => logs.finish().with(filter).init(),
         LogFormat::Json => logs.json().finish().with(filter).init(),
+    }
+}
+
+/// Standard error, with the database URL's secrets replaced in everything written. jobsd's own
+/// lines show URLs redacted, but a driver may log what it was given: sqlx warns about a URL
+/// parameter it does not know, value and all (`sslpassword=…`, `PASSWORD=…`). Each log line
+/// arrives in one write, so no secret is split between two.
+struct Scrubbed {
+    secrets: Arc<[String]>,
+}
+
+impl std::io::Write for Scrubbed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut stderr = std::io::stderr().lock();
+        match std::str::from_utf8(buf) {
+            Ok(text) if !self.secrets.is_empty() => {
+                stderr.write_all(store::scrub_all(text, &self.secrets).as_bytes())?;
+            }
+            _ => stderr.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }

@@ -1,22 +1,34 @@
 //! Kind `csv_import` `{"path": …, "table": …}`: streams a CSV file (first line: column names)
 //! into an allow-listed table, a batch at a time. Each batch and the checkpoint that counts it
 //! commit in one transaction, so a run after a crash, a shutdown or a retry skips exactly the
-//! rows already imported: none twice, none lost. Memory holds one batch, whatever the file size.
+//! rows already imported: none twice, none lost. Memory holds one batch, whatever the file size,
+//! and a batch is bounded in bytes as well as rows, since one line of a file can be long: a line
+//! longer than [`MAX_RECORD_BYTES`] fails the job before the reader has buffered much more.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::io::{self, Read};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::files::{column, table_columns};
+use super::files::{CsvPath, column, table_columns};
 use super::{Handler, Permanent};
 use crate::config::CsvSettings;
 use crate::context::JobContext;
 use crate::store::TextRow;
 
-/// Rows per transaction.
+/// Rows per transaction, at most.
 const BATCH_ROWS: usize = 1000;
+
+/// Field bytes after which a batch goes to the database, whatever its row count: with the line
+/// that crossed it, a batch holds little more than twice [`MAX_RECORD_BYTES`].
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// The longest line (CSV record) of a file to import, header included.
+pub(crate) const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+
+/// What the CSV reader reads ahead of the record it parses.
+const READ_BUFFER: usize = 64 * 1024;
 
 pub struct CsvImport {
     pub files: CsvSettings,
@@ -42,14 +54,17 @@ impl Handler for CsvImport {
         let path = self.files.path(&args.path)?;
         let known = table_columns(ctx, table).await?;
         let mut imported = ctx.progress_as::<Imported>()?.unwrap_or_default().rows;
-        let (mut source, header) = run_blocking(move || Source::open(path, imported)).await??;
+        // Skipping what an earlier run imported reads the file that far: the job stays alive.
+        let (mut source, header) = ctx
+            .beating(run_blocking(move || Source::open(path, imported)))
+            .await??;
         let columns = header
             .iter()
             .map(|name| column(name, &known, table).map(str::to_owned))
             .collect::<Result<Vec<_>, _>>()?;
         loop {
             let batch;
-            (source, batch) = run_blocking(move || source.next(BATCH_ROWS)).await?;
+            (source, batch) = run_blocking(move || source.next(BATCH_ROWS, BATCH_BYTES)).await?;
             let batch = batch?;
             if batch.is_empty() {
                 return Ok(());
@@ -65,54 +80,123 @@ impl Handler for CsvImport {
     }
 }
 
+/// A reader that fails once more than `limit` bytes were read since the last record boundary,
+/// so a line without end cannot make the CSV reader's buffers grow without end.
+struct Bounded<R> {
+    inner: R,
+    /// Bytes read from `inner` in all.
+    read: u64,
+    /// `read` at the start of the record being parsed.
+    boundary: u64,
+    limit: u64,
+}
+
+impl<R> Bounded<R> {
+    /// The record being parsed starts at byte `at` of the file.
+    fn record_starts(&mut self, at: u64) {
+        self.boundary = at;
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read.saturating_sub(self.boundary) > self.limit {
+            return Err(too_long());
+        }
+        let count = self.inner.read(buf)?;
+        self.read += u64::try_from(count).unwrap_or(u64::MAX);
+        Ok(count)
+    }
+}
+
+fn too_long() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("a line is longer than {MAX_RECORD_BYTES} bytes, the most one CSV record may hold"),
+    )
+}
+
 /// The file, read on a blocking thread a batch at a time.
 struct Source {
-    reader: csv::Reader<File>,
-    path: PathBuf,
+    reader: csv::Reader<Bounded<File>>,
+    path: CsvPath,
+    record: csv::StringRecord,
 }
 
 impl Source {
     /// Opens the file, reads its header, and skips the `done` data rows already imported.
-    fn open(path: PathBuf, done: u64) -> Result<(Source, Vec<String>), Permanent> {
-        let unreadable = |e: &dyn std::fmt::Display| {
-            Permanent::new(format!("cannot read {}: {e}", path.display()))
+    fn open(path: CsvPath, done: u64) -> Result<(Source, Vec<String>), Permanent> {
+        let file = path.open_read()?;
+        let bounded = Bounded {
+            inner: file,
+            read: 0,
+            boundary: 0,
+            // The reader may have read a buffer ahead of the record it parses.
+            limit: MAX_RECORD_BYTES + READ_BUFFER as u64,
         };
-        let file = File::open(&path).map_err(|e| unreadable(&e))?;
-        let mut reader = csv::Reader::from_reader(file);
-        let header = reader
-            .headers()
-            .map_err(|e| unreadable(&e))?
-            .iter()
-            .map(str::to_owned)
-            .collect();
-        let mut record = csv::StringRecord::new();
+        // The header is read as a record like any other, under the same limit.
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .buffer_capacity(READ_BUFFER)
+            .from_reader(bounded);
+        let mut source = Source {
+            reader,
+            path,
+            record: csv::StringRecord::new(),
+        };
+        let mut header = Vec::new();
+        if source.advance().map_err(|e| source.unreadable(&e))? {
+            header = source.record.iter().map(str::to_owned).collect();
+        }
         for _ in 0..done {
-            if !reader
-                .read_record(&mut record)
-                .map_err(|e| unreadable(&e))?
-            {
+            if !source.advance().map_err(|e| source.unreadable(&e))? {
                 break;
             }
         }
-        Ok((Source { reader, path }, header))
+        Ok((source, header))
     }
 
-    /// Up to `count` more rows; an empty field is NULL.
-    fn next(mut self, count: usize) -> (Source, Result<Vec<TextRow>, Permanent>) {
+    /// Reads the next record into `record`; `false` at the end of the file.
+    fn advance(&mut self) -> Result<bool, String> {
+        let start = self.reader.position().byte();
+        self.reader.get_mut().record_starts(start);
+        if !self
+            .reader
+            .read_record(&mut self.record)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(false);
+        }
+        // The reader's own count: the line's exact length, read-ahead left out.
+        if self.reader.position().byte() - start > MAX_RECORD_BYTES {
+            return Err(too_long().to_string());
+        }
+        Ok(true)
+    }
+
+    fn unreadable(&self, error: &str) -> Permanent {
+        Permanent::new(format!("cannot read {}: {error}", self.path.shown()))
+    }
+
+    /// Up to `count` more rows, and not many more than `bytes` of fields; an empty field is NULL.
+    fn next(mut self, count: usize, bytes: usize) -> (Source, Result<Vec<TextRow>, Permanent>) {
         let mut rows = Vec::with_capacity(count);
-        let mut record = csv::StringRecord::new();
-        while rows.len() < count {
-            match self.reader.read_record(&mut record) {
-                Ok(true) => rows.push(
-                    record
-                        .iter()
-                        .map(|field| (!field.is_empty()).then(|| field.to_owned()))
-                        .collect(),
-                ),
+        let mut size = 0;
+        while rows.len() < count && size < bytes {
+            match self.advance() {
+                Ok(true) => {
+                    size += self.record.as_slice().len();
+                    rows.push(
+                        self.record
+                            .iter()
+                            .map(|field| (!field.is_empty()).then(|| field.to_owned()))
+                            .collect(),
+                    );
+                }
                 Ok(false) => break,
                 Err(error) => {
-                    let reason = format!("cannot read {}: {error}", self.path.display());
-                    return (self, Err(Permanent::new(reason)));
+                    let reason = self.unreadable(&error);
+                    return (self, Err(reason));
                 }
             }
         }
@@ -125,4 +209,63 @@ async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {
     Ok(tokio::task::spawn_blocking(work).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source_of(text: &[u8]) -> (Source, Vec<String>) {
+        let folder = tempfile::tempdir().unwrap();
+        std::fs::write(folder.path().join("f.csv"), text).unwrap();
+        let settings = CsvSettings {
+            tables: Vec::new(),
+            dir: folder.path().to_owned(),
+        };
+        let path = settings.path("f.csv").unwrap();
+        Source::open(path, 0).unwrap()
+    }
+
+    #[test]
+    fn a_line_over_the_limit_fails_and_one_at_it_does_not() {
+        let at_limit = "x".repeat(usize::try_from(MAX_RECORD_BYTES).unwrap() - 1);
+        let (source, header) = source_of(format!("a\n{at_limit}\nshort\n").as_bytes());
+        assert_eq!(header, ["a"]);
+        let (_, rows) = source.next(10, BATCH_BYTES);
+        assert_eq!(rows.unwrap().len(), 2);
+
+        let over = "x".repeat(usize::try_from(MAX_RECORD_BYTES).unwrap());
+        let (source, _) = source_of(format!("a\nshort\n{over}\n").as_bytes());
+        let (_, rows) = source.next(10, BATCH_BYTES);
+        let reason = rows.unwrap_err().to_string();
+        assert!(reason.contains("longer than 1048576 bytes"), "{reason}");
+    }
+
+    #[test]
+    fn a_line_without_end_stops_the_reader_near_the_limit() {
+        // A quoted field never closed: the reader would buffer the whole file.
+        let mut text = b"a\n\"".to_vec();
+        text.resize(8 * 1024 * 1024, b'x');
+        let (source, _) = source_of(&text);
+        let (source, rows) = source.next(10, BATCH_BYTES);
+        let reason = rows.unwrap_err().to_string();
+        assert!(reason.contains("longer than"), "{reason}");
+        assert!(source.reader.get_ref().read < 2 * MAX_RECORD_BYTES);
+    }
+
+    #[test]
+    fn an_oversize_header_fails() {
+        let mut text = "h".repeat(usize::try_from(MAX_RECORD_BYTES).unwrap() + 10);
+        text.push_str("\n1\n");
+        let folder = tempfile::tempdir().unwrap();
+        std::fs::write(folder.path().join("f.csv"), text).unwrap();
+        let settings = CsvSettings {
+            tables: Vec::new(),
+            dir: folder.path().to_owned(),
+        };
+        let Err(reason) = Source::open(settings.path("f.csv").unwrap(), 0) else {
+            panic!("an oversize header is refused");
+        };
+        assert!(reason.to_string().contains("longer than"), "{reason}");
+    }
 }

@@ -95,7 +95,7 @@ impl Publisher for DeadJobs {
                 "database reached again; no sweep for dead jobs until the other replicas have vouched for theirs"
             );
         }
-        self.replica.alive().await;
+        self.replica.reached_database().await;
         if self.quiet_until.is_some_and(|until| Instant::now() < until) {
             return Ok(false);
         }

@@ -9,11 +9,13 @@ mod mysql;
 mod postgres;
 mod sqlite;
 
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use sqlx::FromRow as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -123,8 +125,8 @@ pub trait Store: Send + Sync + 'static {
     /// `false` if there is no such job.
     async fn request(&self, id: i64, control: Control) -> Result<bool>;
 
-    /// The column names of `table`, in order; empty if there is no such table. `table` is a
-    /// plain identifier (see [`is_identifier`]).
+    /// The column names of `table`, in order; empty if there is no such table. A name may hold
+    /// any character the database allows: every query quotes it.
     async fn columns(&self, table: &str) -> Result<Vec<String>>;
 
     /// In one transaction: inserts `rows` (NULL for `None`, else text the database converts to
@@ -141,14 +143,15 @@ pub trait Store: Send + Sync + 'static {
         progress: &str,
     ) -> Result<bool>;
 
-    /// The rows of `table` whose `date_column` falls on `day`, as text, in `columns` order.
-    async fn export_day(
-        &self,
-        table: &str,
-        date_column: &str,
-        columns: &[String],
+    /// The rows of `table` whose `date_column` falls on `day`, as text, in `columns` order, as
+    /// the database sends them: a day of any size costs the memory of a row at a time.
+    fn export_day<'a>(
+        &'a self,
+        table: &'a str,
+        date_column: &'a str,
+        columns: &'a [String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<TextRow>>;
+    ) -> BoxStream<'a, Result<TextRow>>;
 
     /// Whole rows for people and tests: the given ids, or else the newest `limit` rows.
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>>;
@@ -163,7 +166,8 @@ pub trait Store: Send + Sync + 'static {
     async fn statements(&self) -> Result<Option<u64>>;
 
     /// Creates an empty database named `name` beside this one and returns its URL, for
-    /// benchmarks; `drop_scratch` removes it.
+    /// benchmarks; `drop_scratch` removes it. `name` is quoted (checked, where it names a file),
+    /// never trusted.
     async fn create_scratch(&self, url: &str, name: &str) -> Result<String>;
 
     async fn drop_scratch(&self, name: &str) -> Result<()>;
@@ -212,26 +216,20 @@ pub struct Wakes {
     pub control: Arc<Notify>,
 }
 
-/// Why the store could not be opened; both mean "fix the setting and start again".
+/// Why the store could not be opened; each means "fix the setting and start again". The
+/// reasons are text with the URL's secrets taken out, not the driver's errors: those may
+/// quote parts of the URL.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("database_url {url:?} is not understood: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot reach the database at {url}: {source}")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error("cannot reach the database at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error(
-        "cannot apply the migrations on {url}: {source}; a user that may not create tables \
+        "cannot apply the migrations on {url}: {reason}; a user that may not create tables \
          runs `jobsd run --no-migrate` after `jobsd migrate` as one that may"
     )]
-    Migrations {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    Migrations { url: String, reason: String },
 }
 
 /// Applies the migrations, or says in one line why not and what to do instead.
@@ -241,7 +239,7 @@ pub async fn migrate(store: &dyn Store, url: &str) -> std::result::Result<(), Co
         .await
         .map_err(|source| ConnectError::Migrations {
             url: redact(url),
-            source,
+            reason: scrub(&source.to_string(), url),
         })
 }
 
@@ -252,22 +250,21 @@ pub async fn connect(
     pool_size: u32,
 ) -> std::result::Result<Arc<dyn Store>, ConnectError> {
     let shown = redact(url);
-    let bad = |reason: String| ConnectError::BadUrl {
+    let bad = |error: sqlx::Error| ConnectError::BadUrl {
         url: shown.clone(),
-        reason,
+        reason: scrub(&error.to_string(), url),
     };
     let scheme = url
         .split_once(':')
         .map(|(scheme, _)| scheme)
         .unwrap_or_default();
-    let unreachable = |source| ConnectError::Unreachable {
+    let unreachable = |error: sqlx::Error| ConnectError::Unreachable {
         url: shown.clone(),
-        source,
+        reason: scrub(&error.to_string(), url),
     };
     let store: Arc<dyn Store> = match scheme {
         "postgres" | "postgresql" => {
-            let options =
-                sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
+            let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(bad)?;
             Arc::new(
                 PostgresStore::connect(options, pool_size)
                     .await
@@ -276,8 +273,7 @@ pub async fn connect(
         }
         "mysql" | "mariadb" => {
             let url = url.replacen("mariadb:", "mysql:", 1);
-            let options =
-                sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(|e| bad(e.to_string()))?;
+            let options = sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(bad)?;
             Arc::new(
                 MySqlStore::connect(options, pool_size)
                     .await
@@ -285,30 +281,201 @@ pub async fn connect(
             )
         }
         "sqlite" => {
-            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-                .map_err(|e| bad(e.to_string()))?;
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(bad)?;
             Arc::new(
                 SqliteStore::connect(options, pool_size)
                     .await
                     .map_err(unreachable)?,
             )
         }
-        _ => return Err(bad("expected postgres://, mysql:// or sqlite://".into())),
+        _ => {
+            return Err(ConnectError::BadUrl {
+                url: shown,
+                reason: "expected postgres://, mysql:// or sqlite://".into(),
+            });
+        }
     };
     Ok(store)
 }
 
-/// The URL with its password replaced, for log lines and error messages.
+/// What stands in for a secret in anything jobsd prints.
+const HIDDEN: &str = "***";
+
+/// Words in a query parameter's name (compared in lower case, percent-decoded) that make its
+/// value a secret: `password`, `sslpassword`, `PASSWORD`, `db_passwd`, `client_secret`, ….
+const SECRET_WORDS: &[&str] = &["password", "passwd", "pwd", "secret", "token"];
+
+/// The URL with every secret in it replaced by `***`, for log lines and error messages: the
+/// password of the user info, and the value of every query parameter whose name says it is a
+/// secret. A URL the `url` crate cannot parse is still shown, with what follows the `:` of
+/// anything that looks like user info hidden, and the values of such parameters.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            // Cannot fail: a URL with a password has a host to hang it on.
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "<unparsable url>".to_owned(),
+    let (text, secrets) = secret_ranges(url);
+    if secrets.is_empty() {
+        return url.to_owned();
     }
+    let mut shown = String::with_capacity(text.len());
+    let mut from = 0;
+    for range in secrets {
+        shown.push_str(&text[from..range.start]);
+        shown.push_str(HIDDEN);
+        from = range.end;
+    }
+    shown.push_str(&text[from..]);
+    shown
+}
+
+/// Every spelling of the URL's secrets that a message could carry: as the URL spells them,
+/// percent-decoded as drivers use them, and escaped as Rust's `{:?}` and JSON write strings
+/// (log fields). Longest first, so that [`scrub`] replaces a secret before
+/// any part of it.
+pub fn secrets(url: &str) -> Vec<String> {
+    let (text, ranges) = secret_ranges(url);
+    let mut spellings: Vec<String> = Vec::new();
+    for range in ranges {
+        // A value after `?` may spell a space as `+`; the user info may not.
+        let in_query = text[..range.start].contains('?');
+        let raw = text[range].to_owned();
+        let plus = if in_query {
+            raw.replace('+', " ")
+        } else {
+            raw.clone()
+        };
+        let decoded = percent_encoding::percent_decode_str(&plus)
+            .decode_utf8_lossy()
+            .into_owned();
+        for secret in [raw, decoded] {
+            let json = serde_json::Value::from(secret.as_str()).to_string();
+            let debug = format!("{secret:?}");
+            spellings.push(json[1..json.len() - 1].to_owned());
+            spellings.push(debug[1..debug.len() - 1].to_owned());
+            spellings.push(secret);
+        }
+    }
+    spellings.retain(|secret| !secret.is_empty() && secret != HIDDEN);
+    spellings.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    spellings.dedup();
+    spellings
+}
+
+/// `text` with every spelling of `url`'s secrets replaced by `***`: for messages that came
+/// from parsing `url` or connecting with it, which drivers may fill with parts of it.
+pub fn scrub(text: &str, url: &str) -> String {
+    scrub_all(text, &secrets(url))
+}
+
+/// `text` with each of `secrets` (as [`secrets`] lists them) replaced by `***`.
+pub fn scrub_all(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), HIDDEN);
+        }
+    }
+    text
+}
+
+/// The text `redact` starts from and the byte ranges of it to hide, in order, not overlapping:
+/// the `url` crate's spelling of the URL when it parses, else the URL as written.
+fn secret_ranges(url: &str) -> (String, Vec<Range<usize>>) {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return (url.to_owned(), fallback_ranges(url));
+    };
+    // An `@` that did not end the user info: most likely a password with a `/`, `?` or `#` in
+    // it, which ended the authority early, so the rest of it is now path, query or fragment.
+    let user_info = !parsed.username().is_empty() || parsed.password().is_some();
+    if url.matches('@').count() > usize::from(user_info) {
+        return (url.to_owned(), fallback_ranges(url));
+    }
+    let text = parsed.as_str();
+    let mut ranges = Vec::new();
+    // The `url` crate writes `scheme://user:password@…`, encoding any `:`, `@` or `?` inside.
+    if let Some(password) = parsed.password() {
+        let start = parsed.scheme().len() + "://".len() + parsed.username().len() + ":".len();
+        let range = start..start + password.len();
+        if text.get(range.clone()) == Some(password) {
+            ranges.push(range);
+        } else {
+            return (text.to_owned(), fallback_ranges(text));
+        }
+    }
+    if let Some(query) = parsed.query()
+        && let Some(at) = text.find('?').map(|at| at + 1)
+    {
+        ranges.extend(
+            secret_values(query)
+                .into_iter()
+                .map(|range| at + range.start..at + range.end),
+        );
+    }
+    (parsed.as_str().to_owned(), merged(ranges))
+}
+
+/// For a URL the `url` crate cannot read, so its parts are guesses: a password may hold `/`,
+/// `?` or `@`, which is often why it cannot be read. So the user info runs to the last `@`
+/// and all of it after its first `:` is hidden, and every `name=value` pair with a secret name
+/// anywhere in the URL has its value hidden. Hiding too much is the safe side.
+fn fallback_ranges(url: &str) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let authority = match url.find("://") {
+        Some(at) => at + 3,
+        None => url.find(':').map_or(0, |at| at + 1),
+    };
+    if let Some(end) = url[authority..].rfind('@').map(|at| authority + at)
+        && let Some(colon) = url[authority..end].find(':').map(|at| authority + at)
+        && colon + 1 < end
+    {
+        ranges.push(colon + 1..end);
+    }
+    let query = url.find('?').map_or(authority, |at| at + 1);
+    ranges.extend(
+        secret_values(&url[query..])
+            .into_iter()
+            .map(|range| query + range.start..query + range.end),
+    );
+    merged(ranges)
+}
+
+/// The ranges of the values of `query`'s `name=value` pairs (split at `&`, `;` and `?`) whose
+/// name holds one of [`SECRET_WORDS`]. A value runs to the next `&` or `#`.
+fn secret_values(query: &str) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < query.len() {
+        let end = query[start..]
+            .find(['&', '#'])
+            .map_or(query.len(), |at| start + at);
+        let pair = &query[start..end];
+        if let Some(equals) = pair.find('=') {
+            let name = pair[..equals].rsplit([';', '?']).next().unwrap_or_default();
+            if is_secret_name(name) && equals + 1 < pair.len() {
+                ranges.push(start + equals + 1..end);
+            }
+        }
+        start = end + 1;
+    }
+    ranges
+}
+
+fn is_secret_name(name: &str) -> bool {
+    let name = name.replace('+', " ");
+    let name = percent_encoding::percent_decode_str(&name)
+        .decode_utf8_lossy()
+        .to_lowercase();
+    SECRET_WORDS.iter().any(|word| name.contains(word))
+}
+
+/// `ranges` sorted, with overlapping ones joined.
+fn merged(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    ranges.sort_by_key(|range| range.start);
+    let mut joined: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match joined.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => joined.push(range),
+        }
+    }
+    joined
 }
 
 /// How long every pooled connection may take to open before the database counts as unreachable.
@@ -334,8 +501,9 @@ where
     }
 }
 
-/// Whether `name` may be pasted into SQL as an identifier: letters, digits and `_`, not starting
-/// with a digit. Names from payloads and files are checked with this before any query is built.
+/// Whether `name` is a plain identifier: letters, digits and `_`, not starting with a digit.
+/// Table names on the `csv_tables` allow-list must be; SQL never relies on it, as every
+/// identifier is quoted.
 pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -345,11 +513,24 @@ pub fn is_identifier(name: &str) -> bool {
         && name.len() <= 64
 }
 
-/// `names` quoted with `quote` and joined with commas, for a column list.
-fn column_list(names: &[String], quote: char) -> String {
+/// A dialect's way of quoting an identifier so that any name, whatever it holds, stays one name.
+type Quote = fn(&str) -> String;
+
+/// PostgreSQL's and SQLite's identifier quoting: `"` around, a `"` inside doubled.
+fn double_quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// MySQL's and MariaDB's identifier quoting: a backtick around, a backtick inside doubled.
+fn backticked(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `names` quoted and joined with commas, for a column list.
+fn column_list(names: &[String], quote: Quote) -> String {
     names
         .iter()
-        .map(|name| format!("{quote}{name}{quote}"))
+        .map(|name| quote(name))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -360,7 +541,7 @@ fn inserts<'a, DB>(
     table: &str,
     columns: &[String],
     rows: &'a [TextRow],
-    quote: char,
+    quote: Quote,
     max_params: usize,
 ) -> Vec<sqlx::QueryBuilder<'a, DB>>
 where
@@ -369,7 +550,8 @@ where
 {
     let per_statement = (max_params / columns.len().max(1)).clamp(1, 1000);
     let head = format!(
-        "INSERT INTO {quote}{table}{quote} ({}) ",
+        "INSERT INTO {} ({}) ",
+        quote(table),
         column_list(columns, quote)
     );
     rows.chunks(per_statement)
@@ -385,18 +567,18 @@ where
         .collect()
 }
 
-/// The dialect's spellings an export query needs: identifier quote, text type, and the two
+/// The dialect's spellings an export query needs: identifier quoting, text type, and the two
 /// placeholders of a day's bounds.
 struct ExportDialect {
-    quote: char,
+    quote: Quote,
     text: &'static str,
     from: &'static str,
     until: &'static str,
 }
 
 /// `SELECT` the `columns` of `table` as text for rows whose `date_column` lies between the two
-/// bound placeholders, in date order. Every name was checked by [`is_identifier`] or read from
-/// the catalog.
+/// bound placeholders, in date order. Every name is quoted: one the catalog returns may hold
+/// anything, quotes and parentheses included.
 fn export_sql(
     table: &str,
     date_column: &str,
@@ -404,32 +586,31 @@ fn export_sql(
     dialect: &ExportDialect,
 ) -> String {
     let ExportDialect {
-        quote: q,
+        quote,
         text,
         from,
         until,
     } = dialect;
     let fields: Vec<String> = columns
         .iter()
-        .map(|c| format!("CAST({q}{c}{q} AS {text})"))
+        .map(|c| format!("CAST({} AS {text})", quote(c)))
         .collect();
-    let first = columns.first().map(String::as_str).unwrap_or(date_column);
+    let date = quote(date_column);
+    let first = quote(columns.first().map(String::as_str).unwrap_or(date_column));
     format!(
-        "SELECT {} FROM {q}{table}{q} WHERE {q}{date_column}{q} >= {from} AND {q}{date_column}{q} < {until} \
-         ORDER BY {q}{date_column}{q}, {q}{first}{q}",
-        fields.join(", ")
+        "SELECT {} FROM {} WHERE {date} >= {from} AND {date} < {until} ORDER BY {date}, {first}",
+        fields.join(", "),
+        quote(table),
     )
 }
 
-/// Each row as text fields, in column order.
-fn text_rows<R: sqlx::Row>(rows: Vec<R>) -> Result<Vec<TextRow>>
+/// A row as text fields, in column order.
+fn text_row<R: sqlx::Row>(row: &R) -> Result<TextRow>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    rows.iter()
-        .map(|row| (0..row.len()).map(|i| row.try_get(i)).collect())
-        .collect()
+    (0..row.len()).map(|i| row.try_get(i)).collect()
 }
 
 /// Whole rows, each decoded on its own: a row a user wrote with a value that cannot be read
@@ -722,16 +903,146 @@ mod tests {
     }
 
     #[test]
-    fn redact_hides_only_the_password() {
+    fn quoting_keeps_any_name_one_identifier() {
+        assert_eq!(double_quoted("orders"), "\"orders\"");
+        assert_eq!(double_quoted("a\"b"), "\"a\"\"b\"");
+        assert_eq!(backticked("a`b"), "`a``b`");
+        let crafted = "a\"AS TEXT),(SELECT current_user)::TEXT,CAST(\"a".to_owned();
+        let dialect = ExportDialect {
+            quote: double_quoted,
+            text: "TEXT",
+            from: "$1",
+            until: "$2",
+        };
+        let sql = export_sql("t", "day", &[crafted, "day".into()], &dialect);
+        assert_eq!(
+            sql,
+            "SELECT CAST(\"a\"\"AS TEXT),(SELECT current_user)::TEXT,CAST(\"\"a\" AS TEXT), \
+             CAST(\"day\" AS TEXT) FROM \"t\" WHERE \"day\" >= $1 AND \"day\" < $2 \
+             ORDER BY \"day\", \"a\"\"AS TEXT),(SELECT current_user)::TEXT,CAST(\"\"a\""
+        );
+    }
+
+    #[test]
+    fn redact_hides_the_password_of_the_user_info() {
         assert_eq!(
             redact("postgres://app:s3cret@db:5432/jobs?sslmode=require"),
             "postgres://app:***@db:5432/jobs?sslmode=require"
         );
         assert_eq!(
-            redact("mysql://root@127.0.0.1/jobs"),
-            "mysql://root@127.0.0.1/jobs"
+            redact("mysql://root:s3cret@127.0.0.1:3306/jobs"),
+            "mysql://root:***@127.0.0.1:3306/jobs"
         );
-        assert_eq!(redact("sqlite://jobsd.db"), "sqlite://jobsd.db");
-        assert!(!redact("postgres://a:b c@").contains("b c"));
+        // Percent-encoded: hidden whole, and known decoded too.
+        assert_eq!(redact("postgres://u:p%40ss@h/db"), "postgres://u:***@h/db");
+        assert!(secrets("postgres://u:p%40ss@h/db").contains(&"p@ss".to_owned()));
+    }
+
+    #[test]
+    fn redact_hides_every_secret_query_parameter_in_any_case_and_spelling() {
+        for (url, shown) in [
+            (
+                "postgres://u@h:1/db?password=S3CRET",
+                "postgres://u@h:1/db?password=***",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&sslpassword=S3CRET&application_name=a",
+                "postgres://u@h/db?sslmode=require&sslpassword=***&application_name=a",
+            ),
+            (
+                "postgres://u@h/db?PASSWORD=S3CRET",
+                "postgres://u@h/db?PASSWORD=***",
+            ),
+            (
+                "postgres://u@h/db?Password=S3CRET",
+                "postgres://u@h/db?Password=***",
+            ),
+            (
+                "mysql://u@h/db?db_passwd=S3CRET",
+                "mysql://u@h/db?db_passwd=***",
+            ),
+            (
+                "mysql://u@h/db?client_Secret=S3CRET",
+                "mysql://u@h/db?client_Secret=***",
+            ),
+            (
+                "postgres://u@h/db?pass%77ord=S3CRET",
+                "postgres://u@h/db?pass%77ord=***",
+            ),
+            (
+                "postgres://u@h/db?password=S3CRET#top",
+                "postgres://u@h/db?password=***#top",
+            ),
+            (
+                "postgres://u:S3CRET@h/db?password=S3CRET&sslpassword=S3CRET2",
+                "postgres://u:***@h/db?password=***&sslpassword=***",
+            ),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        let spellings = secrets("postgres://u@h/db?password=a+b%21&x=1");
+        assert!(spellings.contains(&"a b!".to_owned()), "{spellings:?}");
+        assert!(spellings.contains(&"a+b%21".to_owned()), "{spellings:?}");
+    }
+
+    #[test]
+    fn redact_leaves_urls_without_secrets_as_they_are() {
+        for url in [
+            "mysql://root@127.0.0.1/jobs",
+            "sqlite://jobsd.db",
+            "sqlite::memory:",
+            "postgres://h/db?sslmode=require&application_name=jobsd",
+            "postgres://u:@h/db",
+        ] {
+            assert_eq!(redact(url), url);
+        }
+        assert!(secrets("postgres://u@h/db?sslmode=require").is_empty());
+    }
+
+    #[test]
+    fn redact_hides_secrets_of_urls_that_do_not_parse() {
+        for (url, secret) in [
+            ("postgres://a:b c@", "b c"),
+            ("postgres://u:pa/ss@h/db", "pa/ss"),
+            ("postgres://u:S3CRET@h:notaport/db", "S3CRET"),
+            (
+                "postgres://u@h:notaport/db?sslmode=x&PassWord=S3CRET",
+                "S3CRET",
+            ),
+            ("postgres://u@[::1/db?password=S3CRET", "S3CRET"),
+        ] {
+            assert!(url::Url::parse(url).is_err(), "{url} parses after all");
+            let shown = redact(url);
+            assert!(!shown.contains(secret), "{url} shown as {shown}");
+            assert!(shown.contains(HIDDEN), "{shown}");
+            assert!(secrets(url).contains(&secret.to_owned()), "{url}");
+        }
+        assert_eq!(
+            redact("postgres://u:S3CRET@h:notaport/db"),
+            "postgres://u:***@h:notaport/db"
+        );
+        // These parse, but not as meant: the password's `?`, `#` or `/` ended the authority.
+        for (url, secret) in [
+            ("postgres://u:p@ss?w#rd@h:5432/db", "p@ss?w#rd"),
+            ("postgres://u:12/ss@h/db", "12/ss"),
+            ("postgres://u:p@ss@h/db", "p@ss"),
+        ] {
+            assert!(url::Url::parse(url).is_ok(), "{url}");
+            let shown = redact(url);
+            assert!(!shown.contains(secret), "{url} shown as {shown}");
+            assert!(shown.starts_with("postgres://u:***@"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn scrub_takes_every_spelling_of_the_secrets_out_of_a_message() {
+        let url = "postgres://u:pa%22ss@h/db?sslpassword=S3%2FCRET";
+        let message = concat!(
+            r#"value=S3/CRET, "pa\"ss", {"v":"pa\"ss"}, pa"ss, "#,
+            "S3%2FCRET, pa%22ss"
+        );
+        let clean = scrub(message, url);
+        assert_eq!(clean, r#"value=***, "***", {"v":"***"}, ***, ***, ***"#);
+        assert_eq!(scrub("nothing to hide", url), "nothing to hide");
     }
 }

@@ -7,9 +7,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{ExportDialect, export_sql, status_counts, with_database};
+use super::{ExportDialect, backticked, export_sql, status_counts, text_row, with_database};
 use crate::job::Status;
+use async_stream::try_stream;
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool};
@@ -17,7 +20,7 @@ use sqlx::{Executor, MySql, MySqlPool};
 use super::{
     ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
     TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, inserts,
-    micros, probe, storable, text_rows, whole_rows,
+    micros, probe, storable, whole_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -66,7 +69,7 @@ const DEADLOCK_TRIES: u32 = 5;
 
 /// `CHAR` is MySQL's text cast; backquoted names.
 const EXPORT: ExportDialect = ExportDialect {
-    quote: '`',
+    quote: backticked,
     text: "CHAR",
     from: "?",
     until: "?",
@@ -205,7 +208,7 @@ impl MySqlStore {
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         // MySQL takes up to 65535 parameters per statement.
-        for mut insert in inserts(table, columns, rows, '`', 60_000) {
+        for mut insert in inserts(table, columns, rows, backticked, 60_000) {
             insert.build().execute(&mut *tx).await?;
         }
         let checkpoint = sqlx::query(
@@ -549,20 +552,23 @@ impl Store for MySqlStore {
         retry_deadlocks(|| self.try_import(id, worker, table, columns, rows, progress)).await
     }
 
-    async fn export_day(
-        &self,
-        table: &str,
-        date_column: &str,
-        columns: &[String],
+    fn export_day<'a>(
+        &'a self,
+        table: &'a str,
+        date_column: &'a str,
+        columns: &'a [String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<TextRow>> {
+    ) -> BoxStream<'a, Result<TextRow>> {
         let sql = export_sql(table, date_column, columns, &EXPORT);
-        let rows = sqlx::query(&sql)
-            .bind(day)
-            .bind(day + chrono::Days::new(1))
-            .fetch_all(&self.pool)
-            .await?;
-        text_rows(rows)
+        Box::pin(try_stream! {
+            let mut rows = sqlx::query(&sql)
+                .bind(day)
+                .bind(day + chrono::Days::new(1))
+                .fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                yield text_row(&row)?;
+            }
+        })
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
@@ -620,14 +626,14 @@ impl Store for MySqlStore {
     }
 
     async fn create_scratch(&self, url: &str, name: &str) -> Result<String> {
-        sqlx::query(&format!("CREATE DATABASE `{name}`"))
+        sqlx::query(&format!("CREATE DATABASE {}", backticked(name)))
             .execute(&self.pool)
             .await?;
         with_database(url, name)
     }
 
     async fn drop_scratch(&self, name: &str) -> Result<()> {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {}", backticked(name)))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
-use super::{ExportDialect, export_sql, status_counts, with_database};
+use super::{ExportDialect, double_quoted, export_sql, status_counts, text_row, with_database};
 use crate::job::Status;
+use async_stream::try_stream;
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
     TERMINATED, TextRow, Wakes, before_run, claimed, claimed_as, claimed_columns, column_list,
-    done_ids, micros, probe, storable, text_rows, whole_rows,
+    done_ids, micros, probe, storable, whole_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -34,7 +37,7 @@ fn still_dead() -> String {
 
 /// Text casts and `$n` bounds.
 const EXPORT: ExportDialect = ExportDialect {
-    quote: '"',
+    quote: double_quoted,
     text: "TEXT",
     from: "$1",
     until: "$2",
@@ -393,9 +396,10 @@ impl Store for PostgresStore {
     ) -> Result<bool> {
         // One parameter for the whole batch: json_populate_recordset reads each text field with
         // its column type's input function, as COPY would.
-        let list = column_list(columns, '"');
+        let list = column_list(columns, double_quoted);
+        let table = double_quoted(table);
         let sql = format!(
-            "INSERT INTO \"{table}\" ({list}) SELECT {list} FROM json_populate_recordset(NULL::\"{table}\", $1::json)"
+            "INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, $1::json)"
         );
         let records: Vec<serde_json::Value> = rows
             .iter()
@@ -429,20 +433,23 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
-    async fn export_day(
-        &self,
-        table: &str,
-        date_column: &str,
-        columns: &[String],
+    fn export_day<'a>(
+        &'a self,
+        table: &'a str,
+        date_column: &'a str,
+        columns: &'a [String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<TextRow>> {
+    ) -> BoxStream<'a, Result<TextRow>> {
         let sql = export_sql(table, date_column, columns, &EXPORT);
-        let rows = sqlx::query(&sql)
-            .bind(day)
-            .bind(day + chrono::Days::new(1))
-            .fetch_all(&self.pool)
-            .await?;
-        text_rows(rows)
+        Box::pin(try_stream! {
+            let mut rows = sqlx::query(&sql)
+                .bind(day)
+                .bind(day + chrono::Days::new(1))
+                .fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                yield text_row(&row)?;
+            }
+        })
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
@@ -496,16 +503,19 @@ impl Store for PostgresStore {
     }
 
     async fn create_scratch(&self, url: &str, name: &str) -> Result<String> {
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        sqlx::query(&format!("CREATE DATABASE {}", double_quoted(name)))
             .execute(&self.pool)
             .await?;
         with_database(url, name)
     }
 
     async fn drop_scratch(&self, name: &str) -> Result<()> {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            double_quoted(name)
+        ))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -6,17 +6,20 @@
 
 use std::time::Duration;
 
-use super::{ExportDialect, export_sql, status_counts};
+use super::{ExportDialect, double_quoted, export_sql, status_counts, text_row};
 use crate::job::Status;
+use async_stream::try_stream;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
     ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
     TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, inserts,
-    json_ids, probe, storable, text_rows, whole_rows,
+    json_ids, probe, storable, whole_rows,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -36,7 +39,7 @@ fn still_dead() -> String {
 
 /// Text casts and numbered bounds.
 const EXPORT: ExportDialect = ExportDialect {
-    quote: '"',
+    quote: double_quoted,
     text: "TEXT",
     from: "?1",
     until: "?2",
@@ -463,7 +466,7 @@ impl Store for SqliteStore {
         // find another writer in the way when it upgrades, and fail instead of waiting.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // SQLite takes up to 32766 parameters per statement.
-        for mut insert in inserts(table, columns, rows, '"', 32_000) {
+        for mut insert in inserts(table, columns, rows, double_quoted, 32_000) {
             insert.build().execute(&mut *tx).await?;
         }
         let checkpoint = sqlx::query(
@@ -484,20 +487,23 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn export_day(
-        &self,
-        table: &str,
-        date_column: &str,
-        columns: &[String],
+    fn export_day<'a>(
+        &'a self,
+        table: &'a str,
+        date_column: &'a str,
+        columns: &'a [String],
         day: chrono::NaiveDate,
-    ) -> Result<Vec<TextRow>> {
+    ) -> BoxStream<'a, Result<TextRow>> {
         let sql = export_sql(table, date_column, columns, &EXPORT);
-        let rows = sqlx::query(&sql)
-            .bind(day.to_string())
-            .bind((day + chrono::Days::new(1)).to_string())
-            .fetch_all(&self.pool)
-            .await?;
-        text_rows(rows)
+        Box::pin(try_stream! {
+            let mut rows = sqlx::query(&sql)
+                .bind(day.to_string())
+                .bind((day + chrono::Days::new(1)).to_string())
+                .fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                yield text_row(&row)?;
+            }
+        })
     }
 
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
@@ -543,11 +549,11 @@ impl Store for SqliteStore {
 
     /// A file in the system's temporary folder.
     async fn create_scratch(&self, _url: &str, name: &str) -> Result<String> {
-        Ok(format!("sqlite://{}", scratch_file(name).display()))
+        Ok(format!("sqlite://{}", scratch_file(name)?.display()))
     }
 
     async fn drop_scratch(&self, name: &str) -> Result<()> {
-        let file = scratch_file(name);
+        let file = scratch_file(name)?;
         for suffix in ["", "-wal", "-shm"] {
             let mut path = file.clone().into_os_string();
             path.push(suffix);
@@ -562,6 +568,14 @@ impl Store for SqliteStore {
     }
 }
 
-fn scratch_file(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("{name}.db"))
+/// The scratch file for `name`. Here the name becomes a file name and part of a URL, where no
+/// quoting helps: only a plain identifier is taken, so it can neither leave the folder nor add
+/// URL options.
+fn scratch_file(name: &str) -> Result<std::path::PathBuf> {
+    if !super::is_identifier(name) {
+        return Err(sqlx::Error::Configuration(
+            format!("scratch database name {name:?} must be letters, digits and _").into(),
+        ));
+    }
+    Ok(std::env::temp_dir().join(format!("{name}.db")))
 }

@@ -393,25 +393,32 @@ async fn a_hundred_paused_jobs_cost_next_to_no_cpu() {
     assert!(exit.status.success());
 }
 
+/// `jobsd health` (liveness) or `jobsd health --ready` (readiness) on `health_file`.
+fn probe(folder: &Path, health_file: &Path, ready: bool, max_age: &str) -> Command {
+    let mut command = jobsd(folder);
+    command
+        .arg("health")
+        .args(ready.then_some("--ready"))
+        .args(["--max-age", max_age])
+        .env("JOBSD_HEALTH_FILE", health_file);
+    command
+}
+
 #[tokio::test]
-async fn the_health_probe_fails_when_the_loops_stop() {
+async fn the_health_probes_fail_without_a_daemon_pass_with_one_and_liveness_fails_when_the_loops_stop()
+ {
     let folder = tempfile::tempdir().expect("folder");
     let health_file = folder.path().join("jobsd.health");
-    let probe = |max_age: &'static str| {
-        let mut command = jobsd(folder.path());
-        command
-            .args(["health", "--max-age", max_age])
-            .env("JOBSD_HEALTH_FILE", &health_file);
-        output(command)
+    let probes = || async {
+        let live = output(probe(folder.path(), &health_file, false, "2s")).await;
+        let ready = output(probe(folder.path(), &health_file, true, "2s")).await;
+        (live, ready)
     };
-    let before = probe("2s").await;
-    assert_eq!(
-        before.status.code(),
-        Some(1),
-        "no daemon yet: {}",
-        text(&before.stderr)
-    );
-    assert!(text(&before.stderr).contains("no sign of life"));
+    let (live, ready) = probes().await;
+    assert_eq!(live.status.code(), Some(1), "no daemon yet: {live:?}");
+    assert!(text(&live.stderr).contains("no sign of life"), "{live:?}");
+    assert_eq!(ready.status.code(), Some(1), "no daemon yet: {ready:?}");
+    assert!(text(&ready.stderr).contains("not ready"), "{ready:?}");
 
     let mut command = jobsd(folder.path());
     command
@@ -428,37 +435,244 @@ async fn the_health_probe_fails_when_the_loops_stop() {
             .status();
         assert!(sent.expect("kill runs").success());
     };
-    let mut alive = false;
+    let mut both = false;
     for _ in 0..100 {
-        if probe("2s").await.status.success() {
-            alive = true;
+        let (live, ready) = probes().await;
+        if live.status.success() && ready.status.success() {
+            assert!(text(&live.stdout).starts_with("alive"), "{live:?}");
+            assert!(text(&ready.stdout).starts_with("ready"), "{ready:?}");
+            both = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(alive, "the probe passes while the daemon runs");
+    assert!(both, "both probes pass while the daemon runs");
 
     // A stopped process is the hung daemon a liveness probe exists for.
     signal("-STOP");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let stalled = probe("2s").await;
+    let (live, ready) = probes().await;
     signal("-CONT");
     assert_eq!(
-        stalled.status.code(),
+        live.status.code(),
         Some(1),
-        "the probe fails when the loops stop"
+        "liveness fails when the loops stop"
     );
     assert!(
-        text(&stalled.stderr).contains("loops have stopped"),
+        text(&live.stderr).contains("loops have stopped"),
         "{}",
-        text(&stalled.stderr)
+        text(&live.stderr)
     );
+    assert_eq!(ready.status.code(), Some(1), "so does readiness");
     signal("-TERM");
     let exit = tokio::time::timeout(Duration::from_secs(30), daemon.wait_with_output())
         .await
         .expect("jobsd stops")
         .expect("exit status");
     assert!(exit.status.success());
+    let (live, ready) = probes().await;
+    assert!(
+        !live.status.success() && !ready.status.success(),
+        "a stopped daemon leaves no file a probe could take for a live one"
+    );
+}
+
+/// Whether any of `secrets` shows in `output`, naming the first found.
+fn shown<'a>(output: &str, secrets: &[&'a str]) -> Option<&'a str> {
+    secrets
+        .iter()
+        .copied()
+        .find(|secret| output.contains(secret))
+}
+
+/// Every command that prints a database URL, on URLs with a password in every form, refused
+/// (nothing listens on port 1; some URLs cannot be parsed at all): one line, exit 2, the
+/// password in none of its spellings on stdout or stderr, `***` in its place.
+#[tokio::test]
+async fn no_form_of_password_in_a_refused_url_is_ever_printed() {
+    let urls: &[(&str, &[&str])] = &[
+        ("postgres://u@127.0.0.1:1/db?password=S3CRET", &["S3CRET"]),
+        ("postgres://u:S3CRET@127.0.0.1:1/db", &["S3CRET"]),
+        (
+            "postgres://u@127.0.0.1:1/db?PASSWORD=S3CRET&sslpassword=S3CRET2",
+            &["S3CRET", "S3CRET2"],
+        ),
+        (
+            "postgres://u@127.0.0.1:1/db?Password=S3%2FCRET",
+            &["S3%2FCRET", "S3/CRET"],
+        ),
+        ("mysql://u:S3%43RET@127.0.0.1:1/db", &["S3%43RET", "S3CRET"]),
+        // Not parsed by the `url` crate: a bad port, a `/` in the password.
+        ("postgres://u:S3CRET@127.0.0.1:notaport/db", &["S3CRET"]),
+        ("postgres://u:S3/CRET@127.0.0.1/db", &["S3/CRET", "CRET"]),
+        // Parsed, then refused by the driver, whose message quotes the value.
+        (
+            "postgres://u@127.0.0.1:1/db?sslmode=S3CRET&password=S3CRET",
+            &["S3CRET"],
+        ),
+        ("sqlite://jobs.db?password=S3CRET", &["S3CRET"]),
+    ];
+    for &(url, secrets) in urls {
+        for format in ["text", "json"] {
+            for command in ["status", "migrate", "run", "bench"] {
+                let folder = tempfile::tempdir().expect("folder");
+                let mut jobsd = jobsd(folder.path());
+                jobsd
+                    .arg(command)
+                    .env("DATABASE_URL", url)
+                    .env("JOBSD_LOG_FORMAT", format)
+                    .env("RUST_LOG", "debug");
+                let done = output(jobsd).await;
+                let (stdout, stderr) = (text(&done.stdout), text(&done.stderr));
+                let all = format!("{stdout}{stderr}");
+                assert_eq!(done.status.code(), Some(2), "{command} on {url}: {all}");
+                assert_eq!(shown(&all, secrets), None, "{command} on {url}: {all}");
+                let last = stderr.trim_end().lines().last().unwrap_or_default();
+                assert!(last.starts_with("jobsd: "), "{command} on {url}: {all}");
+                assert!(last.contains("***"), "{command} on {url}: {all}");
+            }
+        }
+    }
+}
+
+/// PostgreSQL (whose test server trusts local connections, so a password is given but never
+/// checked) and MariaDB take passwords in the user info and in query parameters, some of which
+/// the driver does not know and logs with their values. `migrate`, `status`, and `run` until
+/// SIGTERM, in text and JSON logs, print none of them.
+async fn a_working_daemon_never_prints_the_password(db: TestDb) {
+    const SECRETS: &[&str] = &["S3CRET1", "S3CRET2", "S3CRET3", "S3CRET4"];
+    let mut url = url::Url::parse(&db.url).expect("test URL");
+    if db.backend == Backend::Postgres {
+        url.set_password(Some("S3CRET1")).expect("a password");
+    }
+    url.query_pairs_mut()
+        .append_pair("password", "S3CRET2")
+        .append_pair("PASSWORD", "S3CRET3")
+        .append_pair("sslpassword", "S3CRET4");
+    let url = url.to_string();
+    let folder = tempfile::tempdir().expect("folder");
+    let health_file = folder.path().join("jobsd.health");
+    let with_url = |command: &str, format: &str| {
+        let mut jobsd = jobsd(folder.path());
+        jobsd
+            .arg(command)
+            .env("DATABASE_URL", &url)
+            .env("JOBSD_LOG_FORMAT", format)
+            .env("JOBSD_HEALTH_FILE", &health_file)
+            .env("JOBSD_POLL_INTERVAL", "200ms");
+        jobsd
+    };
+    let mut printed = String::new();
+    for format in ["text", "json"] {
+        let migrated = output(with_url("migrate", format)).await;
+        let status = output(with_url("status", format)).await;
+        for done in [&migrated, &status] {
+            printed += &text(&done.stdout);
+            printed += &text(&done.stderr);
+            assert!(done.status.success(), "{printed}");
+        }
+        assert!(text(&migrated.stdout).contains("password=***"), "{printed}");
+
+        let mut run = with_url("run", format);
+        run.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let daemon = run.spawn().expect("jobsd run starts");
+        let mut ready = false;
+        for _ in 0..200 {
+            if output(probe(folder.path(), &health_file, true, "5s"))
+                .await
+                .status
+                .success()
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pid = daemon.id().expect("pid").to_string();
+        let signal = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        assert!(signal.expect("kill runs").success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), daemon.wait_with_output())
+            .await
+            .expect("jobsd stops within the grace")
+            .expect("exit status");
+        printed += &text(&exit.stdout);
+        printed += &text(&exit.stderr);
+        assert!(ready, "the daemon reached the database: {printed}");
+        assert!(exit.status.success(), "{printed}");
+        assert!(printed.contains("jobsd stopped"), "{printed}");
+    }
+    assert_eq!(shown(&printed, SECRETS), None, "{printed}");
+    assert!(printed.contains("***"), "{printed}");
+}
+
+mod with_a_password {
+    use crate::common::{Backend, run};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_working_daemon_never_prints_the_password() {
+        run(
+            Backend::Postgres,
+            "never_prints",
+            super::a_working_daemon_never_prints_the_password,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql_a_working_daemon_never_prints_the_password() {
+        run(
+            Backend::Mysql,
+            "never_prints",
+            super::a_working_daemon_never_prints_the_password,
+        )
+        .await;
+    }
+}
+
+/// A settings file that is not TOML may hold a password on the bad line: jobsd names the file
+/// and the line, and quotes nothing of it.
+#[tokio::test]
+async fn a_settings_file_with_a_syntax_error_is_named_by_line_never_quoted() {
+    for (file, line) in [
+        (
+            "consumers = 2\ndatabase_url = \"postgres://u:S3CRET@db/jobs\n",
+            2,
+        ),
+        (
+            "# jobsd\nconsumers = 2\n\ndatabase_url = postgres://u:S3CRET@db/jobs\n",
+            4,
+        ),
+        (
+            "consumers = 2\npassword = \"S3CRET\"\npassword = \"S3CRET\"\n",
+            3,
+        ),
+    ] {
+        let folder = tempfile::tempdir().expect("folder");
+        std::fs::write(folder.path().join("jobsd.toml"), file).expect("write jobsd.toml");
+        for config in [None, Some("jobsd.toml")] {
+            let mut command = jobsd(folder.path());
+            if let Some(config) = config {
+                command.args(["--config", config]);
+            }
+            command.arg("status");
+            let done = output(command).await;
+            let (stdout, stderr) = (text(&done.stdout), text(&done.stderr));
+            assert_eq!(done.status.code(), Some(2), "{file:?}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+            assert!(
+                stderr.contains(&format!("jobsd.toml line {line},")),
+                "{file:?}: {stderr}"
+            );
+            assert!(stderr.contains("not valid TOML"), "{stderr}");
+            assert_eq!(
+                shown(&format!("{stdout}{stderr}"), &["S3CRET"]),
+                None,
+                "{stderr}"
+            );
+        }
+    }
 }
 
 /// Runs `jobsd migrate` with `settings` and expects exit 2 and one line naming `words`.

@@ -5,6 +5,8 @@
 //! loops back off rather than hammer a server that is down), never show the password, and on
 //! PostgreSQL be woken by NOTIFY again once the server is back. A job that has finished must not
 //! be taken for dead while its outcome waits to be written, behind an outage or a slow write.
+//! Through an outage the liveness probe must pass all along (Kubernetes would restart a pod
+//! that fails it), and the readiness probe fail, then pass again once the server is back.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,6 +51,15 @@ const MAX_OUTAGE_LINES: usize = 60;
 /// How soon a job inserted on PostgreSQL starts when NOTIFY wakes the daemon; its poll is 30 s.
 const PICKUP: Duration = Duration::from_secs(5);
 
+/// How long the server stays down while the probes are watched.
+const PROBED_OUTAGE: Duration = Duration::from_secs(12);
+
+/// The `--max-age` of both probes while they are watched.
+const PROBE_AGE: Duration = Duration::from_secs(5);
+
+/// How often the probes are run, as a kubelet would, only more often.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
 mod postgres {
     use crate::common::{Backend, run};
 
@@ -60,6 +71,14 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn notify_wakes_the_daemon_again_after_an_outage() {
         super::notify_wakes_the_daemon_again_after_an_outage().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn liveness_passes_throughout_an_outage_and_readiness_follows_the_database() {
+        super::liveness_passes_throughout_an_outage_and_readiness_follows_the_database(
+            Backend::Postgres,
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,6 +98,19 @@ mod mysql {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_outage_mid_backlog_loses_nothing_and_runs_nothing_twice() {
         super::an_outage_mid_backlog_loses_nothing_and_runs_nothing_twice(Backend::Mysql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn liveness_passes_throughout_an_outage_and_readiness_follows_the_database() {
+        super::liveness_passes_throughout_an_outage_and_readiness_follows_the_database(
+            Backend::Mysql,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_against_a_database_that_does_not_answer_ends_in_bounded_time() {
+        super::a_shutdown_against_a_database_that_does_not_answer_ends_in_bounded_time().await;
     }
 }
 
@@ -418,6 +450,219 @@ async fn a_finished_job_is_not_taken_for_dead_while_its_outcome_waits(db: TestDb
         history[&row.id],
         daemon.tail()
     );
+}
+
+// === 4. The probes through an outage ===
+
+/// One run of both probes: when, relative to the server's stop, and whether each passed.
+struct Probed {
+    /// Seconds since the server stopped; negative before.
+    at: f64,
+    live: bool,
+    ready: bool,
+}
+
+/// A daemon on the test's own server; the server stops for 12 s and starts again, and both
+/// probes run every half second with `--max-age 5s` from before the stop until readiness is
+/// back. Liveness must pass at every run: the daemon runs all along, and a restart would cure
+/// nothing. Readiness must pass before the stop, fail at every run from 5 s (and a margin) after
+/// the stop until the server is back, and pass again soon after.
+async fn liveness_passes_throughout_an_outage_and_readiness_follows_the_database(backend: Backend) {
+    let mut server = PrivateServer::start(backend).await;
+    let url = server.url();
+    connect(&url)
+        .await
+        .migrate()
+        .await
+        .expect("migrations apply");
+    let folder = tempfile::tempdir().expect("folder");
+    let health_file = folder.path().join("probed.health");
+    let launcher = Launcher::for_url(
+        &url,
+        &[
+            ("JOBSD_POLL_INTERVAL", "200ms"),
+            ("JOBSD_CONTROL_INTERVAL", "200ms"),
+        ],
+    );
+    let health = health_file.to_str().expect("a UTF-8 path");
+    let mut daemon = launcher.start_with("probed", &[("JOBSD_HEALTH_FILE", health)]);
+    let probe = async |ready: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jobsd"));
+        command
+            .current_dir(folder.path())
+            .env_remove("DATABASE_URL");
+        for (variable, _) in std::env::vars() {
+            if variable.starts_with("JOBSD_") {
+                command.env_remove(variable);
+            }
+        }
+        let max_age = format!("{}s", PROBE_AGE.as_secs());
+        command
+            .arg("health")
+            .args(ready.then_some("--ready"))
+            .args(["--max-age", &max_age])
+            .env("JOBSD_HEALTH_FILE", &health_file)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("jobsd health runs")
+            .status
+            .success()
+    };
+    until(STARTUP, async || {
+        daemon.assert_running();
+        (probe(false).await && probe(true).await)
+            .then_some(())
+            .ok_or_else(|| "the probes do not pass yet".to_owned())
+    })
+    .await;
+
+    let mut probed = Vec::new();
+    let mut look = async |daemon: &mut Jobsd, at: f64| {
+        daemon.assert_running();
+        let (live, ready) = (probe(false).await, probe(true).await);
+        probed.push(Probed { at, live, ready });
+        tokio::time::sleep(PROBE_EVERY).await;
+        ready
+    };
+    let before = Instant::now();
+    while before.elapsed() < Duration::from_secs(2) {
+        look(&mut daemon, -1.0).await;
+    }
+    server.stop().await;
+    let down = Instant::now();
+    while down.elapsed() < PROBED_OUTAGE {
+        look(&mut daemon, down.elapsed().as_secs_f64()).await;
+    }
+    server.start_again().await;
+    let back = down.elapsed().as_secs_f64();
+    let mut ready_again = None;
+    while down.elapsed() < PROBED_OUTAGE + Duration::from_secs(40) {
+        let at = down.elapsed().as_secs_f64();
+        if look(&mut daemon, at).await {
+            ready_again = Some(at);
+            break;
+        }
+    }
+    // A little more, to see that it stays ready.
+    for _ in 0..4 {
+        look(&mut daemon, down.elapsed().as_secs_f64()).await;
+    }
+    daemon.stop(EXIT).await;
+
+    let pattern = |pick: fn(&Probed) -> bool| -> String {
+        probed
+            .iter()
+            .map(|p| if pick(p) { '+' } else { '-' })
+            .collect()
+    };
+    let (live, ready) = (pattern(|p| p.live), pattern(|p| p.ready));
+    println!(
+        "{backend:?}: server down at 0 s, back at {back:.1} s, ready again at {ready_again:?} s\n\
+         live:  {live}\nready: {ready}"
+    );
+    let failed_liveness: Vec<f64> = probed.iter().filter(|p| !p.live).map(|p| p.at).collect();
+    assert!(
+        failed_liveness.is_empty(),
+        "liveness failed at {failed_liveness:?} s: an outage would restart the pod
+{}",
+        daemon.tail()
+    );
+    let stale = PROBE_AGE.as_secs_f64() + 1.0;
+    let (before, during): (Vec<&Probed>, Vec<&Probed>) = (
+        probed.iter().filter(|p| p.at < 0.0).collect(),
+        probed
+            .iter()
+            .filter(|p| p.at >= stale && p.at < back)
+            .collect(),
+    );
+    assert!(
+        !before.is_empty() && before.iter().all(|p| p.ready),
+        "ready before the outage: {ready}"
+    );
+    assert!(
+        during.len() >= 5,
+        "the probes ran through the outage: {} runs after {stale} s",
+        during.len()
+    );
+    let still_ready: Vec<f64> = during.iter().filter(|p| p.ready).map(|p| p.at).collect();
+    assert!(
+        still_ready.is_empty(),
+        "readiness passed at {still_ready:?} s, with the server down since 0 s and --max-age \
+         {PROBE_AGE:?}: {ready}"
+    );
+    let Some(ready_again) = ready_again else {
+        panic!(
+            "readiness did not pass again within 40 s of the server's return: {ready}
+{}",
+            daemon.tail()
+        );
+    };
+    let after: Vec<&Probed> = probed.iter().filter(|p| p.at >= ready_again).collect();
+    assert!(
+        after.iter().all(|p| p.ready),
+        "readiness stays once the database answers: {ready}"
+    );
+    assert_no_password(&daemon.log(), &server.password);
+}
+
+// === 5. A shutdown the database does not answer ===
+
+/// Kubernetes kills a pod `terminationGracePeriodSeconds` after SIGTERM, and build.yaml sets it
+/// from `shutdown_grace` + [`jobsd::daemon::FINAL_WRITES`]. So with jobs still running and a
+/// server that has stopped answering (stopped with SIGSTOP: connections stay open, nothing comes
+/// back, no error ends a wait), the daemon must still have exited by then.
+async fn a_shutdown_against_a_database_that_does_not_answer_ends_in_bounded_time() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let server = PrivateServer::start(Backend::Mysql).await;
+    let url = server.url();
+    let store = connect(&url).await;
+    store.migrate().await.expect("migrations apply");
+    let grace = format!("{}s", GRACE.as_secs());
+    let launcher = Launcher::for_url(
+        &url,
+        &[
+            ("JOBSD_POLL_INTERVAL", "200ms"),
+            ("JOBSD_SHUTDOWN_GRACE", &grace),
+        ],
+    );
+    let mut daemon = launcher.start("hung");
+    daemon.ready(STARTUP).await;
+    let sql = crate::common::sql_at(&url).await;
+    insert(&sql, &[Job::sleep(1, 600_000), Job::sleep(2, 600_000)]).await;
+    sql.close().await;
+    until(Duration::from_secs(30), async || {
+        daemon.assert_running();
+        let running = count(&store, Status::Running).await;
+        (running == 2)
+            .then_some(())
+            .ok_or_else(|| format!("{running} of 2 jobs running"))
+    })
+    .await;
+
+    let mariadbd = server
+        .mariadbd
+        .as_ref()
+        .expect("mariadbd is running")
+        .id()
+        .to_string();
+    run(Command::new("kill").args(["-STOP", &mariadbd])).await;
+    let limit = GRACE + jobsd::daemon::FINAL_WRITES + Duration::from_secs(2);
+    let began = Instant::now();
+    let exit = daemon.terminate(limit + Duration::from_secs(30)).await;
+    let took = began.elapsed();
+    run(Command::new("kill").args(["-CONT", &mariadbd])).await;
+    println!("shutdown against a stopped server: {took:.1?}, {exit}");
+    assert!(
+        took >= GRACE,
+        "running jobs had their grace ({GRACE:?}), took {took:?}"
+    );
+    assert!(
+        took <= limit,
+        "shutdown took {took:?}, more than shutdown_grace + FINAL_WRITES ({limit:?} with a margin)\n{}",
+        daemon.tail()
+    );
+    assert_no_password(&daemon.log(), &server.password);
 }
 
 // === What the daemon logged ===
