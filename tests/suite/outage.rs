@@ -1043,7 +1043,7 @@ async fn run(command: &mut Command) {
     );
 }
 
-// === 4. Two replicas with the real defaults across an outage ===
+// === 6. Two replicas with the real defaults across an outage ===
 
 mod two_replicas {
     mod postgres {
