@@ -965,6 +965,14 @@ async fn a_text_sleep_fails_in_words_and_status_still_prints(db: TestDb) {
         assert_done(&seen, id);
     }
 
+    assert_status_prints(&db, 3, usize::from(bad.is_some())).await;
+    pool.close().await;
+    daemon.stop(EXIT).await;
+}
+
+/// Runs `jobsd status` on the test's database: it exits 0 and prints the table, with a line
+/// for each of `done` DONE and `failed` FAILED jobs.
+async fn assert_status_prints(db: &TestDb, done: usize, failed: usize) {
     let folder = tempfile::tempdir().expect("temporary folder");
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobsd"));
     for (variable, _) in std::env::vars() {
@@ -987,7 +995,7 @@ async fn a_text_sleep_fails_in_words_and_status_still_prints(db: TestDb) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "jobsd status exits 0 with a hostile row in the table: {}\n{stdout}\n{stderr}",
+        "jobsd status exits 0 with hostile rows in the table: {}\n{stdout}\n{stderr}",
         output.status
     );
     let lines: Vec<&str> = stdout.lines().collect();
@@ -1005,11 +1013,9 @@ async fn a_text_sleep_fails_in_words_and_status_still_prints(db: TestDb) {
     };
     assert_eq!(
         (cells("DONE"), cells("FAILED")),
-        (3, usize::from(bad.is_some())),
+        (done, failed),
         "a line for every job:\n{stdout}"
     );
-    pool.close().await;
-    daemon.stop(EXIT).await;
 }
 
 /// SQLite takes any storage class in any column: a fraction in `sleep`, a blob `payload`, text
@@ -1066,7 +1072,7 @@ async fn values_of_the_wrong_storage_class_are_refused_or_fail_in_words(db: Test
 
 /// On a SQLite table written before its type triggers, each value of the wrong storage class
 /// (or out of range) sits beside good rows; when claimed, each ends FAILED with a reason that
-/// names its column, and the good rows run.
+/// names its column, the good rows run, and `jobsd status` still prints them all.
 async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
     drop_type_triggers(&db).await;
     let launcher = Launcher::new(&db, SETTINGS);
@@ -1130,6 +1136,7 @@ async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
             "{column} = {value}: FAILED, naming the column: {row:?}"
         );
     }
+    assert_status_prints(&db, goods.len(), bads.len()).await;
     pool.close().await;
     daemon.stop(EXIT).await;
 }
