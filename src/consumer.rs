@@ -37,6 +37,9 @@ enum Run {
     Lost,
     /// Shutdown's grace ran out, or shutdown found the job paused; it is released.
     Interrupted,
+    /// The run's lease lapsed while the database was out of reach; it is released once the
+    /// database answers.
+    Lapsed,
 }
 
 /// `rate_per_second` starts a second, one at a time: no burst, so the database sees an even pace.
@@ -137,10 +140,36 @@ impl Pool {
                         tracing::warn!(job = id, %error, "shutdown: could not release job")
                     }
                 },
+                Run::Lapsed => {
+                    replica.held.set(id, State::Releasing);
+                    self.release_when_reached(id, &wires).await;
+                }
             }
         }
         replica.held.remove(id);
         replica.slot_freed();
+    }
+
+    /// Gives back a job whose lease lapsed, trying until the database answers: a job stopped
+    /// by an outage runs again, and is never cancelled for it. Shutdown's end stops the trying;
+    /// its last release of everything still held takes over.
+    async fn release_when_reached(&self, id: i64, wires: &Wires) {
+        let replica = &self.replica;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match replica.store.release(&replica.worker, Some(id)).await {
+                Ok(released) => {
+                    tracing::info!(job = id, released, "job whose lease lapsed given back");
+                    return;
+                }
+                Err(error) => tracing::debug!(job = id, %error, "cannot give back the job yet"),
+            }
+            tokio::select! {
+                () = wires.interrupt.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Records the start of a job the claim left QUEUED; `false` if it is not to run here.
@@ -187,22 +216,21 @@ impl Pool {
             job,
             Arc::clone(&self.replica),
             wires.lost.clone(),
+            wires.lapsed.clone(),
             wires.pause.clone(),
         ) {
             Ok(ctx) => ctx,
             Err(Permanent(reason)) => return (Run::Ended(Outcome::Failed { reason }), Some(slot)),
         };
         ctx.swap_slot(Some(slot));
-        let result = tokio::select! {
+        let run = tokio::select! {
             biased;
-            () = wires.lost.cancelled() => None,
-            () = wires.interrupt.cancelled() => Some(Err(())),
-            result = AssertUnwindSafe(handler.run(&ctx)).catch_unwind() => Some(Ok(result)),
-        };
-        let run = match result {
-            None => Run::Lost,
-            Some(Err(())) => Run::Interrupted,
-            Some(Ok(result)) => Run::Ended(self.outcome(result, attempt, max_attempts)),
+            () = wires.lost.cancelled() => Run::Lost,
+            () = wires.interrupt.cancelled() => Run::Interrupted,
+            () = wires.lapsed.cancelled() => Run::Lapsed,
+            result = AssertUnwindSafe(handler.run(&ctx)).catch_unwind() => {
+                Run::Ended(self.outcome(result, attempt, max_attempts))
+            }
         };
         (run, ctx.swap_slot(None))
     }

@@ -28,6 +28,8 @@ pub struct JobContext {
     replica: Arc<Replica>,
     /// Fired when the job is no longer this replica's to run; the daemon then drops the handler.
     lost: CancellationToken,
+    /// Fired when the lease lapses; the daemon then drops the handler and gives the job back.
+    lapsed: CancellationToken,
     pause: Arc<PauseSignal>,
     /// The consumer slot this run holds; empty while paused. A `std::sync::Mutex`: it is only
     /// swapped, never held across an `.await`.
@@ -44,6 +46,7 @@ impl JobContext {
         job: ClaimedJob,
         replica: Arc<Replica>,
         lost: CancellationToken,
+        lapsed: CancellationToken,
         pause: Arc<PauseSignal>,
     ) -> Result<Self, Permanent> {
         let parse = |column: &str, text: Option<&str>| match text {
@@ -60,6 +63,7 @@ impl JobContext {
             progress,
             replica,
             lost,
+            lapsed,
             pause,
             slot: Mutex::new(None),
             vouched: Mutex::new(Instant::now()),
@@ -166,7 +170,8 @@ impl JobContext {
     }
 
     /// A sign of life did not reach the database: once none has for `dead_after`, the lease
-    /// is over and the handler stops here.
+    /// is over and the handler stops here; the daemon gives the job back (NEW, its attempt
+    /// returned) as soon as the database answers, unless another replica took it meanwhile.
     async fn unvouched(&self, error: &str) {
         let (id, lease) = (self.job.id, self.replica.dead_after);
         if self.since_vouched() >= lease {
@@ -176,7 +181,8 @@ impl JobContext {
                 ?lease,
                 "no sign of life reached the database within the lease; stopping, as another replica may take the job over"
             );
-            self.stop_here().await;
+            self.lapsed.cancel();
+            std::future::pending::<()>().await;
         }
         tracing::debug!(job = id, %error, "heartbeat not recorded");
     }

@@ -17,6 +17,9 @@ pub enum State {
     /// The run has ended; its outcome waits for the completer. Still RUNNING in the table, so
     /// the replica vouches for it until the outcome is written.
     Finishing,
+    /// The run stopped when its lease lapsed (the database was out of reach for `dead_after`);
+    /// the job goes back to NEW once the database answers, and is vouched for until then.
+    Releasing,
 }
 
 /// The task's end of a held job's wires.
@@ -29,6 +32,9 @@ pub struct Wires {
     pub interrupt: CancellationToken,
     /// Whether a pause is requested; a handler's checkpoint waits until it is lifted.
     pub pause: Arc<PauseSignal>,
+    /// Fired by the run itself when no sign of life has reached the database for
+    /// `dead_after`: it stops, and the job is given back once the database answers.
+    pub lapsed: CancellationToken,
 }
 
 pub struct Held {
@@ -103,6 +109,7 @@ impl Held {
             lost,
             interrupt,
             pause,
+            lapsed: CancellationToken::new(),
         }
     }
 

@@ -53,7 +53,12 @@ impl DeadJobs {
     async fn vouch(&self) -> Result<()> {
         let replica = &self.replica;
         let (store, worker, held) = (&replica.store, &replica.worker, &replica.held);
-        let waiting = held.ids(&[State::Queued, State::Paused, State::Finishing]);
+        let waiting = held.ids(&[
+            State::Queued,
+            State::Paused,
+            State::Finishing,
+            State::Releasing,
+        ]);
         if !waiting.is_empty() {
             store.touch(worker, &waiting).await?;
         }
@@ -66,8 +71,13 @@ impl DeadJobs {
         Ok(())
     }
 
-    async fn sweep(&self) -> Result<()> {
-        for job in self.replica.store.find_dead(self.dead_after, BATCH).await? {
+    /// Hands the dead jobs to the canceller, unless `quiet`.
+    async fn sweep(&self, quiet: bool) -> Result<()> {
+        let dead = self.replica.store.find_dead(self.dead_after, BATCH).await?;
+        if quiet {
+            return Ok(());
+        }
+        for job in dead {
             if self.canceller.send(job).await.is_err() {
                 break;
             }
@@ -95,15 +105,17 @@ impl Publisher for DeadJobs {
                 "database reached again; no sweep for dead jobs until the other replicas have vouched for theirs"
             );
         }
-        self.replica.reached_database().await;
-        if self.quiet_until.is_some_and(|until| Instant::now() < until) {
-            return Ok(false);
+        let quiet = self.quiet_until.is_some_and(|until| Instant::now() < until);
+        if !quiet {
+            self.quiet_until = None;
         }
-        self.quiet_until = None;
-        if let Err(error) = self.sweep().await {
+        // The sweep's query runs while quiet too: it is the pass's one sure round trip to the
+        // database, which readiness reports.
+        if let Err(error) = self.sweep(quiet).await {
             self.out_of_touch = true;
             return Err(error);
         }
+        self.replica.reached_database().await;
         // The canceller settles what was sent before the next pass looks again.
         Ok(false)
     }

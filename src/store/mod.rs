@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
-use sqlx::FromRow as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -613,18 +612,19 @@ where
     (0..row.len()).map(|i| row.try_get(i)).collect()
 }
 
-/// Whole rows, each decoded on its own: a row a user wrote with a value that cannot be read
-/// is left out with a warning, and never hides the others from `jobsd status`.
-fn whole_rows<R>(rows: &[R]) -> Vec<JobRow>
+/// Rows, each decoded on its own: a row a user wrote with a value that cannot be read is left
+/// out with a warning, and never hides the others from a sweep, a control pass or `jobsd
+/// status`.
+fn each_row<T, R>(rows: &[R]) -> Vec<T>
 where
     R: sqlx::Row,
-    for<'r> JobRow: sqlx::FromRow<'r, R>,
+    for<'r> T: sqlx::FromRow<'r, R>,
     for<'c> &'c str: sqlx::ColumnIndex<R>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     rows.iter()
-        .filter_map(|row| match JobRow::from_row(row) {
-            Ok(job) => Some(job),
+        .filter_map(|row| match T::from_row(row) {
+            Ok(value) => Some(value),
             Err(error) => {
                 let id: Option<i64> = row.try_get("id").ok();
                 tracing::warn!(job = ?id, %error, "a row cannot be read; left out");

@@ -19,8 +19,8 @@ use sqlx::{Executor, MySql, MySqlPool};
 
 use super::{
     ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
-    TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, inserts,
-    micros, probe, storable, whole_rows,
+    TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, each_row,
+    inserts, micros, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -397,11 +397,12 @@ impl Store for MySqlStore {
              ORDER BY id LIMIT ?",
             still_dead()
         );
-        sqlx::query_as(&sql)
+        let rows = sqlx::query(&sql)
             .bind(micros(dead_after))
             .bind(limit)
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        Ok(each_row(&rows))
     }
 
     async fn settle_dead(
@@ -468,7 +469,7 @@ impl Store for MySqlStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ControlRequest>> {
-        sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT id, status, control, worker, CAST(\
              COALESCE(heartbeat_at, created_at) < NOW(6) - INTERVAL ? MICROSECOND AS SIGNED) AS silent \
              FROM jobs WHERE control IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
@@ -477,7 +478,8 @@ impl Store for MySqlStore {
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(each_row(&rows))
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
@@ -585,7 +587,7 @@ impl Store for MySqlStore {
             query = query.bind(*id);
         }
         let rows = query.bind(limit).fetch_all(&self.pool).await?;
-        Ok(whole_rows(&rows))
+        Ok(each_row(&rows))
     }
 
     async fn counts(&self) -> Result<Vec<(Status, i64)>> {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
     TERMINATED, TextRow, Wakes, before_run, claimed, claimed_as, claimed_columns, column_list,
-    done_ids, micros, probe, storable, whole_rows,
+    done_ids, each_row, micros, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -255,11 +255,12 @@ impl Store for PostgresStore {
              AND {LAST_SIGN} < now() - $1 * interval '1 microsecond' \
              ORDER BY id LIMIT $2"
         );
-        sqlx::query_as(&sql)
+        let rows = sqlx::query(&sql)
             .bind(micros(dead_after))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        Ok(each_row(&rows))
     }
 
     async fn settle_dead(
@@ -322,7 +323,7 @@ impl Store for PostgresStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ControlRequest>> {
-        sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT id, status, control, worker, CAST(CASE WHEN \
              COALESCE(heartbeat_at, created_at) < now() - $1 * interval '1 microsecond' \
              THEN 1 ELSE 0 END AS BIGINT) AS silent \
@@ -332,7 +333,8 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .bind(after)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(each_row(&rows))
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
@@ -462,7 +464,7 @@ impl Store for PostgresStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        Ok(whole_rows(&rows))
+        Ok(each_row(&rows))
     }
 
     async fn counts(&self) -> Result<Vec<(Status, i64)>> {

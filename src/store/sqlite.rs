@@ -18,8 +18,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::{
     ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
-    TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, inserts,
-    json_ids, probe, storable, whole_rows,
+    TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, each_row,
+    inserts, json_ids, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -328,11 +328,12 @@ impl Store for SqliteStore {
             "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') \
              AND {LAST_SIGN} < ?1 ORDER BY id LIMIT ?2"
         );
-        sqlx::query_as(&sql)
+        let rows = sqlx::query(&sql)
             .bind(before(dead_after))
             .bind(limit)
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        Ok(each_row(&rows))
     }
 
     async fn settle_dead(
@@ -394,7 +395,7 @@ impl Store for SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ControlRequest>> {
-        sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT id, status, control, worker, \
              CAST(COALESCE(heartbeat_at, created_at) < ?1 AS INTEGER) AS silent \
              FROM jobs WHERE control IS NOT NULL AND id > ?3 ORDER BY id LIMIT ?2",
@@ -403,7 +404,8 @@ impl Store for SqliteStore {
         .bind(limit)
         .bind(after)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(each_row(&rows))
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
@@ -517,7 +519,7 @@ impl Store for SqliteStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(whole_rows(&rows))
+        Ok(each_row(&rows))
     }
 
     async fn counts(&self) -> Result<Vec<(Status, i64)>> {
