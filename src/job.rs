@@ -126,7 +126,7 @@ pub struct ControlRequest {
     pub silent: i64,
 }
 
-/// What becomes of a control request (DESIGN §3).
+/// What becomes of a control request (ARCHITECTURE.md, "Life of a job").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlAction {
     /// A job that has not started yet becomes PAUSED.
@@ -242,7 +242,7 @@ pub struct DeadJob {
     pub worker: Option<String>,
 }
 
-/// How a dead job is settled (DESIGN §3).
+/// How a dead job is settled (ARCHITECTURE.md, "Life of a job").
 #[derive(Debug, Clone, PartialEq)]
 pub enum Settlement {
     /// Never started: back to NEW with no attempt used, for any replica to take.
