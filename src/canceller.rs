@@ -1,4 +1,4 @@
-//! Settles the dead jobs the dead-jobs publisher finds (DESIGN §3): a job that never started goes
+//! Settles the dead jobs the dead-jobs publisher finds (ARCHITECTURE.md, "Life of a job"): a job that never started goes
 //! back to NEW, one with attempts left is retried after a backoff, any other is CANCELLED. Each
 //! settlement is conditional on the job still being dead, so a job that revived, or finished,
 //! in the meantime is left alone; a job settled here that this replica runs is stopped.

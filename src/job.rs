@@ -126,7 +126,7 @@ pub struct ControlRequest {
     pub silent: i64,
 }
 
-/// What becomes of a control request (DESIGN §3).
+/// What becomes of a control request (ARCHITECTURE.md, "Life of a job").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlAction {
     /// A job that has not started yet becomes PAUSED.
@@ -186,13 +186,12 @@ pub struct ClaimedJob {
 }
 
 /// A whole row, for people reading the table (`jobsd status`, `jobsd demo`) and for tests.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
     pub id: i64,
     pub kind: String,
     pub object_id: Option<i64>,
     pub sleep: Option<i64>,
-    #[sqlx(try_from = "String")]
     pub status: Status,
     pub created_at: DateTime<Utc>,
     pub run_at: DateTime<Utc>,
@@ -207,6 +206,49 @@ pub struct JobRow {
     pub control: Option<String>,
     pub progress: Option<String>,
     pub worker: Option<String>,
+}
+
+/// Read leniently: a row a user wrote with a value of the wrong type (SQLite rows from before
+/// its type checks) is still shown, that value as NULL (a count as 0), and its `last_error` says
+/// what was wrong once it has been claimed. Only the id, status and times must be readable.
+impl<'r, R> sqlx::FromRow<'r, R> for JobRow
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        let status = status
+            .parse()
+            .map_err(|error: UnknownStatus| sqlx::Error::Decode(error.into()))?;
+        let text = |column| row.try_get::<Option<String>, _>(column).ok().flatten();
+        let number = |column| row.try_get::<Option<i64>, _>(column).ok().flatten();
+        let count = |column| row.try_get::<i32, _>(column).unwrap_or_default();
+        Ok(JobRow {
+            id: row.try_get("id")?,
+            kind: text("kind").unwrap_or_default(),
+            object_id: number("object_id"),
+            sleep: number("sleep"),
+            status,
+            created_at: row.try_get("created_at")?,
+            run_at: row.try_get("run_at")?,
+            queued_at: row.try_get("queued_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            cancelled_at: row.try_get("cancelled_at")?,
+            heartbeat_at: row.try_get("heartbeat_at")?,
+            attempts: count("attempts"),
+            max_attempts: count("max_attempts"),
+            last_error: text("last_error"),
+            control: text("control"),
+            progress: text("progress"),
+            worker: text("worker"),
+        })
+    }
 }
 
 /// A row to insert, with the table's defaults for everything left out.
@@ -242,7 +284,7 @@ pub struct DeadJob {
     pub worker: Option<String>,
 }
 
-/// How a dead job is settled (DESIGN §3).
+/// How a dead job is settled (ARCHITECTURE.md, "Life of a job").
 #[derive(Debug, Clone, PartialEq)]
 pub enum Settlement {
     /// Never started: back to NEW with no attempt used, for any replica to take.

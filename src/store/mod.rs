@@ -728,7 +728,7 @@ where
             _ => match row.try_get::<Option<String>, _>(column) {
                 Ok(value) => value,
                 Err(error) => {
-                    unfit.push(format!("{column} cannot be read as text: {error}"));
+                    unfit.push(unreadable(column, "text", &error));
                     None
                 }
             },
@@ -741,7 +741,7 @@ where
         match row.try_get::<Option<i64>, _>(column) {
             Ok(value) => value,
             Err(error) => {
-                unfit.push(format!("{column} is not a whole number: {error}"));
+                unfit.push(unreadable(column, "a whole number", &error));
                 None
             }
         }
@@ -752,7 +752,7 @@ where
         match row.try_get::<i32, _>(column) {
             Ok(value) => value,
             Err(error) => {
-                unfit.push(format!("{column} is not a count: {error}"));
+                unfit.push(unreadable(column, "a count from 0 to 2147483647", &error));
                 fallback
             }
         }
@@ -770,6 +770,21 @@ where
         max_attempts,
         unfit: (!unfit.is_empty()).then(|| unfit.join("; ")),
     })
+}
+
+/// Why `column` cannot be read as `wanted`, in words: the storage type found when the database
+/// says which (a SQLite row from before its type checks), else the decoder's own reason.
+fn unreadable(column: &str, wanted: &str, error: &sqlx::Error) -> String {
+    let text = error.to_string();
+    let found = text
+        .rsplit_once("SQL type `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(found, _)| found);
+    match found {
+        Some(found) => format!("{column} holds a {found} value, not {wanted}"),
+        None if text.contains("out of range") => format!("{column} is out of range for {wanted}"),
+        None => format!("{column} cannot be read as {wanted}: {text}"),
+    }
 }
 
 /// What a claim returns: `attempts` counted before the run, whether or not the claim started it,
@@ -890,6 +905,20 @@ mod tests {
         ] {
             assert!(!is_identifier(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn unreadable_values_are_named_in_words() {
+        let mismatch = sqlx::Error::ColumnDecode {
+            index: "\"sleep\"".into(),
+            source: "mismatched types; Rust type `core::option::Option<i64>` (as SQL type \
+                     `INTEGER`) is not compatible with SQL type `TEXT`"
+                .into(),
+        };
+        assert_eq!(
+            unreadable("sleep", "a whole number", &mismatch),
+            "sleep holds a TEXT value, not a whole number"
+        );
     }
 
     #[test]

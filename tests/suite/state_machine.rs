@@ -1,4 +1,4 @@
-//! The life of a job (DESIGN §3) as a property of the store. Random interleavings of what
+//! The life of a job (ARCHITECTURE.md, "Life of a job") as a property of the store. Random interleavings of what
 //! replicas `a`, `b` and `c` do to a handful of jobs (claim, start, beat, pause, resume, finish
 //! in batches, control requests, dead sweeps, shutdown releases, touches, lost checks) run
 //! against a real SQLite store, one fresh database per case. After every step the whole table
@@ -491,7 +491,7 @@ fn differences(expected: &JobRow, actual: &JobRow) -> Vec<String> {
     out
 }
 
-/// The edges of the diagram in DESIGN §3.
+/// The edges of the diagram in ARCHITECTURE.md, "Life of a job".
 fn is_edge(from: Status, to: Status) -> bool {
     use Status::*;
     matches!(
