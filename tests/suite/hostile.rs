@@ -1072,7 +1072,8 @@ async fn values_of_the_wrong_storage_class_are_refused_or_fail_in_words(db: Test
 
 /// On a SQLite table written before its type triggers, each value of the wrong storage class
 /// (or out of range) sits beside good rows; when claimed, each ends FAILED with a reason that
-/// names its column, the good rows run, and `jobsd status` still prints them all.
+/// names its column, the good rows run, and `jobsd status` still prints them all. The same
+/// values on rows left RUNNING by a worker that is gone are settled by the dead-jobs sweep.
 async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
     drop_type_triggers(&db).await;
     let launcher = Launcher::new(&db, SETTINGS);
@@ -1109,6 +1110,28 @@ async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
             .unwrap_or_else(|e| panic!("{statement}, with the triggers dropped: {e}"));
         bads.push((max_id(&pool).await, *column, *value));
     }
+    // The same values on rows that claim to run on a worker that is gone: the dead-jobs sweep,
+    // not a claim, meets them, and must settle them too.
+    let mut dead = Vec::new();
+    for (column, value) in [
+        ("attempts", "'abc'"),
+        ("max_attempts", "3000000000"),
+        ("sleep", "'1s'"),
+    ] {
+        let statement = if column == "sleep" {
+            format!("INSERT INTO jobs (status, worker, sleep) VALUES ('RUNNING', 'ghost', {value})")
+        } else {
+            format!(
+                "INSERT INTO jobs (sleep, status, worker, {column}) \
+                 VALUES ({GOOD_SLEEP}, 'RUNNING', 'ghost', {value})"
+            )
+        };
+        sqlx::query(&statement)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}, with the triggers dropped: {e}"));
+        dead.push((max_id(&pool).await, column, value));
+    }
     let good = format!("INSERT INTO jobs (object_id, sleep) VALUES (99, {GOOD_SLEEP})");
     sqlx::query(&good).execute(&pool).await.expect("good row");
     goods.push(max_id(&pool).await);
@@ -1117,11 +1140,19 @@ async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
         .iter()
         .copied()
         .chain(bads.iter().map(|b| b.0))
+        .chain(dead.iter().map(|d| d.0))
         .collect();
     let seen = until_finished(&db, &pool, &all, SETTLE).await;
     daemon.assert_running();
     for &id in &goods {
         assert_done(&seen, id);
+    }
+    for &(id, column, value) in &dead {
+        let row = &seen[&id];
+        assert!(
+            matches!(row.status.as_str(), "FAILED" | "CANCELLED") && row.says_why(),
+            "RUNNING on a gone worker, {column} = {value}: settled in words: {row:?}"
+        );
     }
     for &(id, column, value) in &bads {
         let row = &seen[&id];
@@ -1136,7 +1167,12 @@ async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
             "{column} = {value}: FAILED, naming the column: {row:?}"
         );
     }
-    assert_status_prints(&db, goods.len(), bads.len()).await;
+    let failed = bads.len()
+        + dead
+            .iter()
+            .filter(|(id, _, _)| seen[id].status == "FAILED")
+            .count();
+    assert_status_prints(&db, goods.len(), failed).await;
     pool.close().await;
     daemon.stop(EXIT).await;
 }
