@@ -274,14 +274,42 @@ impl NewJob {
 }
 
 /// A QUEUED or RUNNING job that has shown no sign of life for `dead_after`.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeadJob {
     pub id: i64,
-    #[sqlx(try_from = "String")]
     pub status: Status,
     pub attempts: i32,
     pub max_attempts: i32,
     pub worker: Option<String>,
+}
+
+/// Read leniently, so that no row stays RUNNING for good: counts that cannot be read (a SQLite
+/// row from before its type checks) count as no attempt left, and the job is cancelled.
+impl<'r, R> sqlx::FromRow<'r, R> for DeadJob
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        let (attempts, max_attempts) = match (row.try_get("attempts"), row.try_get("max_attempts"))
+        {
+            (Ok(attempts), Ok(max_attempts)) => (attempts, max_attempts),
+            _ => (1, 1),
+        };
+        Ok(DeadJob {
+            id: row.try_get("id")?,
+            status: status
+                .parse()
+                .map_err(|error: UnknownStatus| sqlx::Error::Decode(error.into()))?,
+            attempts,
+            max_attempts,
+            worker: row.try_get("worker")?,
+        })
+    }
 }
 
 /// How a dead job is settled (ARCHITECTURE.md, "Life of a job").
