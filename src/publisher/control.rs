@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Publisher;
-use crate::job::{Control, ControlAction};
+use crate::job::{Control, ControlAction, ControlRequest};
 use crate::replica::Replica;
 use crate::store::{Result, is_transient};
 
@@ -27,6 +27,28 @@ pub(crate) struct Controls {
     pub after: i64,
 }
 
+impl Controls {
+    /// Carries out `action`. Only an unreachable database is an error: this page comes again
+    /// at the next pass. A row the database refuses must not hold up the requests behind it.
+    async fn apply(&self, request: &ControlRequest, action: ControlAction) -> Result<()> {
+        let (id, control, replica) = (request.id, request.control, &self.replica);
+        match replica.store.apply_control(request, action).await {
+            Ok(true) => {
+                if action == ControlAction::Terminate {
+                    replica.held.take_away(id);
+                }
+                tracing::info!(job = id, %control, from = %request.status, ?action, "control request applied");
+            }
+            Ok(false) => {}
+            Err(error) if is_transient(&error) => return Err(error),
+            Err(error) => {
+                tracing::warn!(job = id, %control, %error, "control request cannot be applied")
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Publisher for Controls {
     const NAME: &'static str = "control";
 
@@ -37,27 +59,19 @@ impl Publisher for Controls {
             .find_controls(self.dead_after, self.after, BATCH)
             .await?;
         for request in &requests {
-            let (id, control) = (request.id, request.control);
+            let id = request.id;
             match request.action(&replica.worker) {
                 ControlAction::Leave => {}
                 ControlAction::Signal(signal) => {
-                    replica.held.signal_pause(id, signal == Control::Pause);
+                    let held = replica.held.signal_pause(id, signal == Control::Pause);
+                    // A paused row in this replica's name that it does not hold (written so
+                    // by hand) has no task to resume it: it goes back to NEW, as an abandoned
+                    // one does.
+                    if !held && signal == Control::Resume {
+                        self.apply(request, ControlAction::ResumeDetached).await?;
+                    }
                 }
-                action => match replica.store.apply_control(request, action).await {
-                    Ok(true) => {
-                        if action == ControlAction::Terminate {
-                            replica.held.take_away(id);
-                        }
-                        tracing::info!(job = id, %control, from = %request.status, ?action, "control request applied");
-                    }
-                    Ok(false) => {}
-                    // The database is away: this page again at the next pass.
-                    Err(error) if is_transient(&error) => return Err(error),
-                    // The row itself is refused: it must not hold up the requests behind it.
-                    Err(error) => {
-                        tracing::warn!(job = id, %control, %error, "control request cannot be applied");
-                    }
-                },
+                action => self.apply(request, action).await?,
             }
         }
         let full = requests.len() == BATCH as usize;

@@ -793,8 +793,9 @@ fn before_run(mut jobs: Vec<ClaimedJob>, started: bool) -> Vec<ClaimedJob> {
     // RETURNING keeps no order; start the oldest first.
     jobs.sort_by_key(|job| job.id);
     for job in &mut jobs {
-        if started {
-            job.attempts = job.attempts.saturating_sub(1);
+        // A count the claim found at its maximum stayed there (`NEXT_ATTEMPT`): it was used up.
+        if started && job.attempts < i32::MAX {
+            job.attempts -= 1;
         }
         if job.unfit.is_none() && job.attempts >= job.max_attempts {
             job.unfit = Some(format!(
