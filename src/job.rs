@@ -208,6 +208,19 @@ pub struct JobRow {
     pub worker: Option<String>,
 }
 
+/// The `status` column of `row`.
+fn status_in<'r, R>(row: &'r R) -> Result<Status, sqlx::Error>
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = row.try_get("status")?;
+    status
+        .parse()
+        .map_err(|error: UnknownStatus| sqlx::Error::Decode(error.into()))
+}
+
 /// Read leniently: a row a user wrote with a value of the wrong type (SQLite rows from before
 /// its type checks) is still shown, that value as NULL (a count as 0), and its `last_error` says
 /// what was wrong once it has been claimed. Only the id, status and times must be readable.
@@ -221,10 +234,7 @@ where
     DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        let status: String = row.try_get("status")?;
-        let status = status
-            .parse()
-            .map_err(|error: UnknownStatus| sqlx::Error::Decode(error.into()))?;
+        let status = status_in(row)?;
         let text = |column| row.try_get::<Option<String>, _>(column).ok().flatten();
         let number = |column| row.try_get::<Option<i64>, _>(column).ok().flatten();
         let count = |column| row.try_get::<i32, _>(column).unwrap_or_default();
@@ -294,7 +304,7 @@ where
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        let status: String = row.try_get("status")?;
+        let status = status_in(row)?;
         let (attempts, max_attempts) = match (row.try_get("attempts"), row.try_get("max_attempts"))
         {
             (Ok(attempts), Ok(max_attempts)) => (attempts, max_attempts),
@@ -302,9 +312,7 @@ where
         };
         Ok(DeadJob {
             id: row.try_get("id")?,
-            status: status
-                .parse()
-                .map_err(|error: UnknownStatus| sqlx::Error::Decode(error.into()))?,
+            status,
             attempts,
             max_attempts,
             worker: row.try_get("worker")?,

@@ -252,15 +252,17 @@ macro_rules! on_every_backend {
     };
 }
 
-/// Defines `sqlite::NAME` for each `async fn NAME(db: TestDb)` listed: what only SQLite has.
+/// Defines `MODULE::NAME` for each `async fn NAME(db: TestDb)` listed, on one backend only: what
+/// only that backend's types allow. Name the module after the backend (`sqlite`, `mysql`), so
+/// that `scripts/test` skips it with that backend's suite.
 #[macro_export]
-macro_rules! on_sqlite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
+macro_rules! on_backend {
+    ($backend:ident, $module:ident: $($name:ident),* $(,)?) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    $crate::common::run($crate::common::Backend::Sqlite, stringify!($name), super::$name).await;
+                    $crate::common::run($crate::common::Backend::$backend, stringify!($name), super::$name).await;
                 }
             )*
         }

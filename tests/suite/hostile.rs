@@ -41,67 +41,28 @@ crate::on_every_backend!(
 
 /// The cases of the user's report that only one backend's types allow.
 mod only {
-    mod sqlite {
-        use crate::common::{Backend, run};
+    use super::{
+        a_seventy_thousand_character_reason_is_shortened_and_stored,
+        a_text_sleep_fails_in_words_and_status_still_prints,
+        random_hostile_rows_written_before_the_type_triggers,
+        rows_written_before_the_type_triggers_fail_in_words,
+        values_of_the_wrong_storage_class_are_refused_or_fail_in_words,
+    };
 
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_text_sleep_fails_in_words_and_status_still_prints() {
-            run(
-                Backend::Sqlite,
-                "text_sleep",
-                super::super::a_text_sleep_fails_in_words_and_status_still_prints,
-            )
-            .await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn values_of_the_wrong_storage_class_are_refused_or_fail_in_words() {
-            run(
-                Backend::Sqlite,
-                "storage_class",
-                super::super::values_of_the_wrong_storage_class_are_refused_or_fail_in_words,
-            )
-            .await;
-        }
-    }
-
-    mod sqlite_before_triggers {
-        use crate::common::{Backend, run};
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn random_hostile_rows_written_before_the_type_triggers() {
-            run(
-                Backend::Sqlite,
-                "before_triggers",
-                super::super::random_hostile_rows_written_before_the_type_triggers,
-            )
-            .await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn rows_written_before_the_type_triggers_fail_in_words() {
-            run(
-                Backend::Sqlite,
-                "before_triggers_words",
-                super::super::rows_written_before_the_type_triggers_fail_in_words,
-            )
-            .await;
-        }
-    }
-
-    mod mysql {
-        use crate::common::{Backend, run};
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_seventy_thousand_character_reason_is_shortened_and_stored() {
-            run(
-                Backend::Mysql,
-                "long_reason",
-                super::super::a_seventy_thousand_character_reason_is_shortened_and_stored,
-            )
-            .await;
-        }
-    }
+    crate::on_backend!(
+        Sqlite,
+        sqlite: a_text_sleep_fails_in_words_and_status_still_prints,
+        values_of_the_wrong_storage_class_are_refused_or_fail_in_words,
+    );
+    crate::on_backend!(
+        Sqlite,
+        sqlite_before_triggers: random_hostile_rows_written_before_the_type_triggers,
+        rows_written_before_the_type_triggers_fail_in_words,
+    );
+    crate::on_backend!(
+        Mysql,
+        mysql: a_seventy_thousand_character_reason_is_shortened_and_stored
+    );
 }
 
 /// How long a process may take to start and make its first pass on a loaded machine.

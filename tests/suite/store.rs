@@ -33,8 +33,9 @@ crate::on_every_backend!(
 mod sqlite_only {
     use super::{rows_of_the_wrong_type_from_before_end_unfit, wrong_types_are_refused_at_insert};
 
-    crate::on_sqlite!(
-        wrong_types_are_refused_at_insert,
+    crate::on_backend!(
+        Sqlite,
+        sqlite: wrong_types_are_refused_at_insert,
         rows_of_the_wrong_type_from_before_end_unfit
     );
 }
