@@ -69,6 +69,11 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_job_whose_lease_lapses_is_given_back_and_runs_again() {
+        super::a_running_job_whose_lease_lapses_is_given_back_and_runs_again().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn notify_wakes_the_daemon_again_after_an_outage() {
         super::notify_wakes_the_daemon_again_after_an_outage().await;
     }
@@ -1165,4 +1170,71 @@ async fn two_default_replicas_ride_out_an_outage(backend: Backend) {
     for replica in &replicas {
         assert_no_password(&replica.log(), &server.password);
     }
+}
+
+/// A running job holds its row as a lease of `dead_after`. Through an outage longer than that,
+/// its heartbeats fail, so it stops (another replica could have taken it over), and when the
+/// database answers again its replica gives it back to NEW with its attempt returned: it runs
+/// again from its checkpoint and ends DONE. An outage never cancels it.
+async fn a_running_job_whose_lease_lapses_is_given_back_and_runs_again() {
+    let mut server = PrivateServer::start(Backend::Postgres).await;
+    let url = server.url();
+    let store = connect(&url).await;
+    store.migrate().await.expect("migrations apply");
+    let sql = crate::common::sql_at(&url).await;
+    record_history_on(Backend::Postgres, &sql).await;
+    let launcher = Launcher::for_url(
+        &url,
+        &[
+            ("JOBSD_POLL_INTERVAL", "200ms"),
+            ("JOBSD_DEAD_AFTER", "2s"),
+            ("JOBSD_RATE_PER_SECOND", "0"),
+        ],
+    );
+    let mut daemon = launcher.start("lease");
+    daemon.ready(STARTUP).await;
+    insert(&sql, &[Job::sleep(1, 6_000)]).await;
+    sql.close().await;
+    until(Duration::from_secs(30), async || {
+        let rows = store.rows(&[], 10).await.map_err(|e| e.to_string())?;
+        rows.first()
+            .filter(|row| row.status == Status::Running && row.progress.is_some())
+            .map(|_| ())
+            .ok_or_else(|| format!("not running with a checkpoint yet: {rows:?}"))
+    })
+    .await;
+    let down = server.outage(&mut daemon).await;
+
+    let store = connect(&url).await;
+    let rows = until_all_finished(&store, Duration::from_secs(60)).await;
+    daemon.assert_running();
+    let sql = crate::common::sql_at(&url).await;
+    let history = history_on(&sql).await;
+    sql.close().await;
+    let log = daemon.log();
+    daemon.stop(EXIT).await;
+
+    let row = &rows[0];
+    let path = history.get(&row.id).cloned().unwrap_or_default();
+    let went: Vec<&str> = path.iter().map(|change| change.to.as_str()).collect();
+    assert_eq!(
+        (row.status, row.attempts),
+        (Status::Done, 1),
+        "DONE, the lapsed run's attempt given back ({down:.1?} down): {row:?} {path:?}"
+    );
+    assert_eq!(
+        went,
+        ["RUNNING", "NEW", "RUNNING", "DONE"],
+        "stopped, given back, run again: {path:?}"
+    );
+    assert!(
+        log.contains("within the lease") && log.contains("lease lapsed given back"),
+        "the log says why: {}",
+        daemon_tail(&log)
+    );
+}
+
+fn daemon_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
