@@ -57,9 +57,10 @@ WHEN (NEW.queued_at IS NOT NULL AND (typeof(NEW.queued_at) != 'text' OR NEW.queu
 BEGIN SELECT RAISE(ABORT, 'jobs timestamps must be UTC text like 2026-01-31 12:00:00, or NULL'); END;
 
 
--- On UPDATE, the columns users set, and attempts and worker, which every claim writes (a
--- check costs about a microsecond a row); the timestamps jobsd writes on every job stay free
--- of trigger work, and a row whose timestamp cannot be read is left out of `jobsd status`.
+-- On UPDATE, the columns users set, and worker. Not attempts: a claim writes it, and a row from
+-- before these triggers whose count is text must not make the claim of a whole batch fail; such
+-- a row ends FAILED in words when it is claimed. The timestamps jobsd writes on every job stay
+-- free of trigger work.
 
 CREATE TRIGGER jobs_kind_type_update BEFORE UPDATE OF kind ON jobs
 WHEN typeof(NEW.kind) != 'text'
@@ -92,10 +93,6 @@ BEGIN SELECT RAISE(ABORT, 'jobs.run_at must be UTC text like 2026-01-31 12:00:00
 CREATE TRIGGER jobs_created_at_type_update BEFORE UPDATE OF created_at ON jobs
 WHEN typeof(NEW.created_at) != 'text' OR NEW.created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' OR julianday(NEW.created_at) IS NULL
 BEGIN SELECT RAISE(ABORT, 'jobs.created_at must be UTC text like 2026-01-31 12:00:00'); END;
-CREATE TRIGGER jobs_attempts_type_update BEFORE UPDATE OF attempts ON jobs
-WHEN typeof(NEW.attempts) != 'integer' OR NEW.attempts NOT BETWEEN 0 AND 2147483647
-BEGIN SELECT RAISE(ABORT, 'jobs.attempts must be a whole number from 0 to 2147483647'); END;
-
 CREATE TRIGGER jobs_worker_type_update BEFORE UPDATE OF worker ON jobs
 WHEN typeof(NEW.worker) NOT IN ('text', 'null')
 BEGIN SELECT RAISE(ABORT, 'jobs.worker must be text, or NULL'); END;

@@ -907,23 +907,33 @@ async fn rows_of_the_wrong_type_from_before_end_unfit(db: TestDb) {
         "jobs_sleep_type_insert",
         "jobs_object_id_type_insert",
         "jobs_payload_type_insert",
+        "jobs_attempts_type_insert",
     ] {
         db.exec(&format!("DROP TRIGGER {trigger}"))
             .await
             .expect("drop");
     }
     db.exec(
-        "INSERT INTO jobs (object_id, sleep, payload) VALUES \
-         (1, '1s', NULL), (2, 1, X'7B7D'), ('abc', 1, NULL), (4, 1, NULL)",
+        "INSERT INTO jobs (object_id, sleep, payload, attempts) VALUES \
+         (1, '1s', NULL, 0), (2, 1, X'7B7D', 0), ('abc', 1, NULL, 0), (4, 1, NULL, 0), \
+         (5, 1, NULL, 'x')",
     )
     .await
     .expect("insert");
     let store = db.store().await;
+    // A claim that starts writes `attempts`: a count that is text must not fail it either.
     let jobs = store
-        .claim(&jobsd::store::Claim::new("w", 10, false))
+        .claim(&jobsd::store::Claim::new("w", 10, true))
         .await
         .expect("rows of the wrong type never fail a claim");
-    assert_eq!(jobs.len(), 4);
+    assert_eq!(jobs.len(), 5);
+    assert!(
+        jobs[4]
+            .unfit
+            .as_deref()
+            .is_some_and(|r| r.contains("attempts")),
+        "{jobs:?}"
+    );
     let reasons: Vec<Option<String>> = jobs.iter().map(|job| job.unfit.clone()).collect();
     assert!(
         reasons[0].as_deref().is_some_and(|r| r.contains("sleep")),
