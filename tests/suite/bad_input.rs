@@ -437,15 +437,8 @@ async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrat
     // Without --no-migrate: the daemon tries to migrate first, and may not.
     let migrations = migrations_applied(&db).await;
     let folder = tempfile::tempdir().expect("temporary folder");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobsd"));
-    for (variable, _) in std::env::vars() {
-        if variable.starts_with("JOBSD_") {
-            command.env_remove(variable);
-        }
-    }
-    let output = command
+    let output = crate::common::bare_jobsd(folder.path())
         .arg("run")
-        .current_dir(folder.path())
         .env("DATABASE_URL", &user_url)
         .env("JOBSD_HEALTH_FILE", folder.path().join("health"))
         .stdin(Stdio::null())

@@ -17,16 +17,8 @@ crate::on_every_backend!(
 
 /// `jobsd` with no settings from this environment: only what the test passes.
 fn jobsd(folder: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jobsd"));
-    command
-        .current_dir(folder)
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "info");
-    for (name, _) in std::env::vars() {
-        if name.starts_with("JOBSD_") {
-            command.env_remove(name);
-        }
-    }
+    let mut command = crate::common::bare_jobsd(folder);
+    command.env("RUST_LOG", "info");
     command
 }
 

@@ -295,6 +295,19 @@ impl Replica {
     }
 }
 
+/// The `jobsd` binary run in `folder`, with no settings from the environment the tests run in:
+/// only what the test passes.
+pub fn bare_jobsd(folder: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobsd"));
+    command.current_dir(folder).env_remove("DATABASE_URL");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("JOBSD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// A raw SQL connection to any URL: another user's, another server's.
 pub async fn sql_at(url: &str) -> AnyPool {
     sqlx::any::install_default_drivers();

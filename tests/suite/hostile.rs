@@ -935,15 +935,8 @@ async fn a_text_sleep_fails_in_words_and_status_still_prints(db: TestDb) {
 /// for each of `done` DONE and `failed` FAILED jobs.
 async fn assert_status_prints(db: &TestDb, done: usize, failed: usize) {
     let folder = tempfile::tempdir().expect("temporary folder");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobsd"));
-    for (variable, _) in std::env::vars() {
-        if variable.starts_with("JOBSD_") {
-            command.env_remove(variable);
-        }
-    }
-    let output = command
+    let output = crate::common::bare_jobsd(folder.path())
         .arg("status")
-        .current_dir(folder.path())
         .env("DATABASE_URL", &db.url)
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -996,14 +989,8 @@ async fn values_of_the_wrong_storage_class_are_refused_or_fail_in_words(db: Test
     let mut bads = Vec::new();
     let mut refused = Vec::new();
     for (n, (column, value)) in bad.iter().enumerate() {
-        let good = format!("INSERT INTO jobs (object_id, sleep) VALUES ({n}, {GOOD_SLEEP})");
-        sqlx::query(&good).execute(&pool).await.expect("good row");
-        goods.push(max_id(&pool).await);
-        let statement = if *column == "sleep" {
-            format!("INSERT INTO jobs (sleep) VALUES ({value})")
-        } else {
-            format!("INSERT INTO jobs (sleep, {column}) VALUES ({GOOD_SLEEP}, {value})")
-        };
+        goods.push(insert_good(&pool, n).await);
+        let statement = bad_insert(column, value);
         match sqlx::query(&statement).execute(&pool).await {
             Ok(_) => bads.push((max_id(&pool).await, *column)),
             Err(error) => refused.push(format!("{statement}: {error}")),
@@ -1057,14 +1044,8 @@ async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
     let mut goods = Vec::new();
     let mut bads = Vec::new();
     for (n, (column, value)) in bad.iter().enumerate() {
-        let good = format!("INSERT INTO jobs (object_id, sleep) VALUES ({n}, {GOOD_SLEEP})");
-        sqlx::query(&good).execute(&pool).await.expect("good row");
-        goods.push(max_id(&pool).await);
-        let statement = if *column == "sleep" {
-            format!("INSERT INTO jobs (sleep) VALUES ({value})")
-        } else {
-            format!("INSERT INTO jobs (sleep, {column}) VALUES ({GOOD_SLEEP}, {value})")
-        };
+        goods.push(insert_good(&pool, n).await);
+        let statement = bad_insert(column, value);
         sqlx::query(&statement)
             .execute(&pool)
             .await
@@ -1136,6 +1117,22 @@ async fn rows_written_before_the_type_triggers_fail_in_words(db: TestDb) {
     assert_status_prints(&db, goods.len(), failed).await;
     pool.close().await;
     daemon.stop(EXIT).await;
+}
+
+/// Inserts a good row (object `n`) and returns its id.
+async fn insert_good(pool: &AnyPool, n: usize) -> i64 {
+    let good = format!("INSERT INTO jobs (object_id, sleep) VALUES ({n}, {GOOD_SLEEP})");
+    sqlx::query(&good).execute(pool).await.expect("good row");
+    max_id(pool).await
+}
+
+/// An INSERT of a sleep job whose `column` is `value`.
+fn bad_insert(column: &str, value: &str) -> String {
+    if column == "sleep" {
+        format!("INSERT INTO jobs (sleep) VALUES ({value})")
+    } else {
+        format!("INSERT INTO jobs (sleep, {column}) VALUES ({GOOD_SLEEP}, {value})")
+    }
 }
 
 async fn max_id(pool: &AnyPool) -> i64 {

@@ -492,15 +492,7 @@ async fn liveness_passes_throughout_an_outage_and_readiness_follows_the_database
     let health = health_file.to_str().expect("a UTF-8 path");
     let mut daemon = launcher.start_with("probed", &[("JOBSD_HEALTH_FILE", health)]);
     let probe = async |ready: bool| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_jobsd"));
-        command
-            .current_dir(folder.path())
-            .env_remove("DATABASE_URL");
-        for (variable, _) in std::env::vars() {
-            if variable.starts_with("JOBSD_") {
-                command.env_remove(variable);
-            }
-        }
+        let mut command = crate::common::bare_jobsd(folder.path());
         let max_age = format!("{}s", PROBE_AGE.as_secs());
         command
             .arg("health")

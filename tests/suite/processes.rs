@@ -8,7 +8,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::common::TestDb;
 
@@ -80,16 +80,8 @@ impl Launcher {
         let health_file = self.folder().join(format!("{worker_id}-{number}.health"));
         let log_file = self.folder().join(format!("{worker_id}-{number}.log"));
         let log = std::fs::File::create(&log_file).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_jobsd"));
-        command
-            .current_dir(self.folder())
-            .env_remove("DATABASE_URL");
         // Only what this launcher says: no settings from the environment the tests run in.
-        for (variable, _) in std::env::vars() {
-            if variable.starts_with("JOBSD_") {
-                command.env_remove(variable);
-            }
-        }
+        let mut command = crate::common::bare_jobsd(self.folder());
         command
             .arg("run")
             .args(&self.args)
