@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::handlers::CsvSettings;
+
 /// Where the daemon keeps its jobs when nothing says otherwise: a file beside the process.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://jobsd.db";
 
@@ -52,13 +54,6 @@ pub struct Config {
     /// The largest `payload` or `progress` a job may have: a larger one ends FAILED without
     /// ever being loaded, so one row cannot take a replica's memory.
     pub max_payload_bytes: u64,
-}
-
-/// What the file job kinds may touch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CsvSettings {
-    pub tables: Vec<String>,
-    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

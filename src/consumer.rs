@@ -15,9 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::context::JobContext;
 use crate::handlers::{Handlers, Permanent};
-use crate::held::{State, Wires};
+use crate::held::{Claimed, State, Wires};
 use crate::job::{ClaimedJob, Outcome, backoff};
-use crate::publisher::Claimed;
 use crate::replica::Replica;
 
 pub(crate) struct Pool {

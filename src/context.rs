@@ -11,9 +11,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::Permanent;
 use crate::held::{PauseSignal, State};
-use crate::job::ClaimedJob;
+use crate::job::{ClaimedJob, Permanent};
 use crate::replica::Replica;
 
 /// How long to wait before trying again to resume a job the database would not resume.

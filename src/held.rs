@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
+
+use crate::job::ClaimedJob;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -35,6 +37,16 @@ pub struct Wires {
     /// Fired by the run itself when no sign of life has reached the database for
     /// `dead_after`: it stops, and the job is given back once the database answers.
     pub lapsed: CancellationToken,
+}
+
+/// A claimed job on its way to a consumer.
+pub(crate) struct Claimed {
+    pub job: ClaimedJob,
+    /// One of the pool's slots, held until the job's run ends.
+    pub slot: OwnedSemaphorePermit,
+    pub wires: Wires,
+    /// The claim started it already (no rate limit stands between claim and start).
+    pub started: bool,
 }
 
 pub struct Held {

@@ -351,6 +351,22 @@ impl DeadJob {
     }
 }
 
+/// A failure that another attempt cannot fix (bad input, say): the job ends FAILED at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
+
+impl Permanent {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Permanent(reason.into())
+    }
+
+    /// Whether `error`, or anything it wraps, is permanent.
+    pub fn is_in(error: &anyhow::Error) -> bool {
+        error.chain().any(|cause| cause.is::<Permanent>())
+    }
+}
+
 /// How one run of a job ended, as the consumer records it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

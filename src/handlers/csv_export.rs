@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::fs::File;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use super::files::CsvSettings;
 use super::files::{CsvPath, FileId, column, table_columns};
 use super::{Handler, Permanent};
-use crate::config::CsvSettings;
 use crate::context::JobContext;
 use crate::store::Store;
 

@@ -11,9 +11,9 @@ use std::io::{self, Read};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::files::CsvSettings;
 use super::files::{CsvPath, column, table_columns};
 use super::{Handler, Permanent};
-use crate::config::CsvSettings;
 use crate::context::JobContext;
 use crate::store::TextRow;
 

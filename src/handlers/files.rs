@@ -17,7 +17,6 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, FileTypeExt as _, OpenOptions, OpenOptionsExt as _};
 
 use super::Permanent;
-use crate::config::CsvSettings;
 use crate::context::JobContext;
 
 /// The permissions of a file jobsd creates: not for every user of the machine to read.
@@ -26,6 +25,13 @@ const CREATED_MODE: u32 = 0o640;
 /// Flags of every open: a FIFO opens at once instead of waiting for a peer, and a terminal never
 /// becomes the daemon's.
 const OPEN_FLAGS: i32 = libc::O_NONBLOCK | libc::O_NOCTTY;
+
+/// What the file kinds may touch: the `csv_tables` and `csv_dir` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CsvSettings {
+    pub tables: Vec<String>,
+    pub dir: PathBuf,
+}
 
 impl CsvSettings {
     /// `name` if it is on the allow-list.

@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::CsvSettings;
 use crate::context::JobContext;
 
+pub use crate::job::Permanent;
 pub use csv_export::CsvExport;
 pub use csv_import::CsvImport;
+pub use files::CsvSettings;
 pub use sleep::Sleep;
 
 /// Runs one kind of job. An `Err` fails this attempt: the job is retried while attempts remain,
@@ -26,22 +27,6 @@ pub use sleep::Sleep;
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn run(&self, ctx: &JobContext) -> anyhow::Result<()>;
-}
-
-/// A failure that another attempt cannot fix (bad input, say): the job ends FAILED at once.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Permanent(pub String);
-
-impl Permanent {
-    pub fn new(reason: impl Into<String>) -> Self {
-        Permanent(reason.into())
-    }
-
-    /// Whether `error`, or anything it wraps, is permanent.
-    pub fn is_in(error: &anyhow::Error) -> bool {
-        error.chain().any(|cause| cause.is::<Permanent>())
-    }
 }
 
 /// The handlers a daemon knows, by kind.

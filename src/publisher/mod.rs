@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use control::Controls;
 pub(crate) use dead_jobs::DeadJobs;
-pub(crate) use new_jobs::{Claimed, NewJobs};
+pub(crate) use new_jobs::NewJobs;
 
 /// The longest wait between passes while the database fails, unless the interval is longer.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

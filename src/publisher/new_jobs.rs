@@ -4,23 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 
 use super::Publisher;
-use crate::held::{State, Wires};
-use crate::job::ClaimedJob;
+use crate::held::{Claimed, State};
 use crate::replica::Replica;
 use crate::store::{Claim, Result};
-
-/// A claimed job on its way to a consumer.
-pub(crate) struct Claimed {
-    pub job: ClaimedJob,
-    /// One of the pool's slots, held until the job's run ends.
-    pub slot: OwnedSemaphorePermit,
-    pub wires: Wires,
-    /// The claim started it already (no rate limit stands between claim and start).
-    pub started: bool,
-}
 
 pub(crate) struct NewJobs {
     pub replica: Arc<Replica>,
