@@ -144,6 +144,14 @@ pub enum ControlAction {
     Leave,
 }
 
+impl ControlAction {
+    /// Whether the action is a write to the row; the others are carried out in memory or not
+    /// at all.
+    pub fn writes(self) -> bool {
+        !matches!(self, ControlAction::Signal(_) | ControlAction::Leave)
+    }
+}
+
 impl ControlRequest {
     /// The one place that decides what a control request does, seen from replica `me`.
     pub fn action(&self, me: &str) -> ControlAction {

@@ -5,6 +5,7 @@
 //! change is a single conditional UPDATE on the expected status (and holder), so two replicas, or
 //! the canceller racing a finishing job, can never both win, and a terminal state is written once.
 
+mod changes;
 mod claim;
 mod files;
 mod mysql;

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::changes::{self, Clock, Dialect};
 use super::{ExportDialect, backticked, export_sql, status_counts, text_row, with_database};
 use crate::job::Status;
 use async_stream::try_stream;
@@ -15,22 +16,16 @@ use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
 use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::query::Query;
-use sqlx::{Executor, MySql, MySqlPool};
+use sqlx::{Executor, MySql, MySqlPool, QueryBuilder};
 
 use super::{
-    ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
-    TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, each_row,
-    inserts, micros, probe, storable,
+    CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store, TextRow, before_run,
+    claimed, claimed_as, claimed_columns, done_ids, each_row, inserts, micros, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
     Settlement,
 };
-
-/// Binds `dead_after` in microseconds: the row is still as silent as when it was found dead.
-fn still_dead() -> String {
-    format!("{LAST_SIGN} < NOW(6) - INTERVAL ? MICROSECOND")
-}
 
 /// How long a replica waits for another's migrations before it gives up.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
@@ -257,25 +252,36 @@ fn is_deadlock(error: &sqlx::Error) -> bool {
     }
 }
 
+/// The server's clock, with microseconds, and microseconds bound as a number.
+impl Dialect for MySql {
+    const SAME: &'static str = "<=>";
+
+    fn push_now(query: &mut QueryBuilder<'_, Self>, _clock: Clock) {
+        query.push("NOW(6)");
+    }
+
+    fn push_shifted(
+        query: &mut QueryBuilder<'_, Self>,
+        _clock: Clock,
+        wait: Duration,
+        later: bool,
+    ) {
+        query.push(if later {
+            "(NOW(6) + INTERVAL "
+        } else {
+            "(NOW(6) - INTERVAL "
+        });
+        query.push_bind(micros(wait));
+        query.push(" MICROSECOND)");
+    }
+}
+
 impl MySqlStore {
-    /// [`Store::pause`] and [`Store::resume`]; the text holds only the enums' own spellings.
-    async fn hand_over(
-        &self,
-        id: i64,
-        worker: &str,
-        from: Status,
-        to: Status,
-        request: Control,
-    ) -> Result<bool> {
-        let sql = format!(
-            "UPDATE jobs SET status = '{to}', heartbeat_at = NOW(6), \
-             control = CASE WHEN control = '{request}' THEN NULL ELSE control END \
-             WHERE id = ? AND status = '{from}' AND worker = ?"
-        );
-        let done = self
-            .write(|| sqlx::query(&sql).bind(id).bind(worker))
-            .await?;
-        Ok(done == 1)
+    /// Runs the state change `build` makes, again if it loses a deadlock; how many rows it
+    /// changed.
+    async fn change<'q>(&self, build: impl Fn() -> QueryBuilder<'q, MySql>) -> Result<u64> {
+        retry_deadlocks(|| async { Ok(build().build().execute(&self.pool).await?.rows_affected()) })
+            .await
     }
 }
 
@@ -353,13 +359,17 @@ impl Store for MySqlStore {
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
-        self.hand_over(id, worker, Status::Running, Status::Paused, Control::Pause)
+        let from = (Status::Running, Status::Paused, Control::Pause);
+        self.change(|| changes::hand_over(id, worker, from.0, from.1, from.2))
             .await
+            .map(|changed| changed == 1)
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
-        self.hand_over(id, worker, Status::Paused, Status::Running, Control::Resume)
+        let from = (Status::Paused, Status::Running, Control::Resume);
+        self.change(|| changes::hand_over(id, worker, from.0, from.1, from.2))
             .await
+            .map(|changed| changed == 1)
     }
 
     async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
@@ -367,16 +377,7 @@ impl Store for MySqlStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        // The CASE reads `status` before this statement's SET changes it: MySQL assigns left to
-        // right, so `attempts` comes before `status` here.
-        let sql = format!(
-            "UPDATE jobs SET attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
-             status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
-             worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ? AND (? IS NULL OR id = ?)"
-        );
-        self.write(|| sqlx::query(&sql).bind(worker).bind(id).bind(id))
-            .await
+        self.change(|| changes::release(worker, id)).await
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
@@ -393,9 +394,8 @@ impl Store for MySqlStore {
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
         let sql = format!(
-            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND {} \
-             ORDER BY id LIMIT ?",
-            still_dead()
+            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') \
+             AND {LAST_SIGN} < NOW(6) - INTERVAL ? MICROSECOND ORDER BY id LIMIT ?"
         );
         let rows = sqlx::query(&sql)
             .bind(micros(dead_after))
@@ -411,41 +411,9 @@ impl Store for MySqlStore {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool> {
-        let sql = match how {
-            Settlement::Requeue => format!(
-                "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ? AND status = 'QUEUED' AND worker <=> ? AND {}",
-                still_dead()
-            ),
-            Settlement::Retry { .. } => format!(
-                "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
-                 last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ? AND status = 'RUNNING' AND worker <=> ? AND {}",
-                still_dead()
-            ),
-            Settlement::Cancel { .. } => format!(
-                "UPDATE jobs SET status = 'CANCELLED', cancelled_at = NOW(6), finished_at = NOW(6), \
-                 last_error = ? WHERE id = ? AND status = 'RUNNING' AND worker <=> ? AND {}",
-                still_dead()
-            ),
-        };
-        let done = self
-            .write(|| {
-                let query = sqlx::query(&sql);
-                let query = match how {
-                    Settlement::Requeue => query,
-                    Settlement::Retry { backoff, reason } => {
-                        query.bind(micros(*backoff)).bind(storable(reason))
-                    }
-                    Settlement::Cancel { reason } => query.bind(storable(reason)),
-                };
-                query
-                    .bind(job.id)
-                    .bind(&job.worker)
-                    .bind(micros(dead_after))
-            })
-            .await?;
-        Ok(done == 1)
+        self.change(|| changes::settle_dead(job, dead_after, how))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {
@@ -483,42 +451,12 @@ impl Store for MySqlStore {
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
-        const SEEN: &str = "WHERE id = ? AND status = ? AND control = ?";
-        let sql = match action {
-            ControlAction::PauseWaiting => format!(
-                "UPDATE jobs SET status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, \
-                 heartbeat_at = NULL {SEEN}"
-            ),
-            ControlAction::ResumeDetached => format!(
-                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
-                 status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
-                 heartbeat_at = NULL {SEEN} AND worker <=> ?"
-            ),
-            ControlAction::Terminate => format!(
-                "UPDATE jobs SET status = 'CANCELLED', control = NULL, cancelled_at = NOW(6), \
-                 finished_at = NOW(6), last_error = ? {SEEN}"
-            ),
-            ControlAction::Clear => format!("UPDATE jobs SET control = NULL {SEEN}"),
-            ControlAction::Signal(_) | ControlAction::Leave => return Ok(false),
-        };
-        let done = self
-            .write(|| {
-                let query = sqlx::query(&sql);
-                let query = match action {
-                    ControlAction::Terminate => query.bind(TERMINATED),
-                    _ => query,
-                };
-                let query = query
-                    .bind(request.id)
-                    .bind(request.status.as_str())
-                    .bind(request.control.as_str());
-                match action {
-                    ControlAction::ResumeDetached => query.bind(&request.worker),
-                    _ => query,
-                }
-            })
-            .await?;
-        Ok(done == 1)
+        if !action.writes() {
+            return Ok(false);
+        }
+        self.change(|| changes::apply_control(request, action))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn request(&self, id: i64, control: Control) -> Result<bool> {

@@ -4,20 +4,21 @@
 
 use std::time::Duration;
 
+use super::changes::{self, Clock, Dialect};
 use super::{ExportDialect, double_quoted, export_sql, status_counts, text_row, with_database};
 use crate::job::Status;
 use async_stream::try_stream;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
-    TERMINATED, TextRow, Wakes, before_run, claimed, claimed_as, claimed_columns, column_list,
-    done_ids, each_row, micros, probe, storable,
+    CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store, TextRow, Wakes,
+    before_run, claimed, claimed_as, claimed_columns, column_list, done_ids, each_row, micros,
+    probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -29,11 +30,6 @@ const NEW_JOBS_CHANNEL: &str = "jobsd_new_jobs";
 
 /// The channel the migration's trigger notifies when a `control` request is written.
 const CONTROL_CHANNEL: &str = "jobsd_control";
-
-/// `$3` is `dead_after` in microseconds: the row is still as silent as when it was found dead.
-fn still_dead() -> String {
-    format!("{LAST_SIGN} < now() - $3 * interval '1 microsecond'")
-}
 
 /// Text casts and `$n` bounds.
 const EXPORT: ExportDialect = ExportDialect {
@@ -60,27 +56,30 @@ impl PostgresStore {
     }
 }
 
+/// The database's clock, and microseconds bound as a number (a replica's clock may disagree).
+impl Dialect for Postgres {
+    const SAME: &'static str = "IS NOT DISTINCT FROM";
+
+    fn push_now(query: &mut QueryBuilder<'_, Self>, _clock: Clock) {
+        query.push("now()");
+    }
+
+    fn push_shifted(
+        query: &mut QueryBuilder<'_, Self>,
+        _clock: Clock,
+        wait: Duration,
+        later: bool,
+    ) {
+        query.push(if later { "(now() + " } else { "(now() - " });
+        query.push_bind(micros(wait));
+        query.push(" * interval '1 microsecond')");
+    }
+}
+
 impl PostgresStore {
-    /// [`Store::pause`] and [`Store::resume`]; the text holds only the enums' own spellings.
-    async fn hand_over(
-        &self,
-        id: i64,
-        worker: &str,
-        from: Status,
-        to: Status,
-        request: Control,
-    ) -> Result<bool> {
-        let sql = format!(
-            "UPDATE jobs SET status = '{to}', heartbeat_at = now(), \
-             control = CASE WHEN control = '{request}' THEN NULL ELSE control END \
-             WHERE id = $1 AND status = '{from}' AND worker = $2"
-        );
-        let done = sqlx::query(&sql)
-            .bind(id)
-            .bind(worker)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+    /// Runs a state change; whether it changed a row.
+    async fn change(&self, mut query: QueryBuilder<'_, Postgres>) -> Result<bool> {
+        Ok(query.build().execute(&self.pool).await?.rows_affected() == 1)
     }
 }
 
@@ -163,12 +162,14 @@ impl Store for PostgresStore {
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
-        self.hand_over(id, worker, Status::Running, Status::Paused, Control::Pause)
+        let from = (Status::Running, Status::Paused, Control::Pause);
+        self.change(changes::hand_over(id, worker, from.0, from.1, from.2))
             .await
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
-        self.hand_over(id, worker, Status::Paused, Status::Running, Control::Resume)
+        let from = (Status::Paused, Status::Running, Control::Resume);
+        self.change(changes::hand_over(id, worker, from.0, from.1, from.2))
             .await
     }
 
@@ -223,18 +224,8 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        let sql = format!(
-            "UPDATE jobs SET status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
-             attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
-             worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = $1 AND ($2::BIGINT IS NULL OR id = $2)"
-        );
-        let done = sqlx::query(&sql)
-            .bind(worker)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        let mut query = changes::release::<Postgres>(worker, id);
+        Ok(query.build().execute(&self.pool).await?.rows_affected())
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
@@ -269,38 +260,8 @@ impl Store for PostgresStore {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool> {
-        let sql = match how {
-            Settlement::Requeue => format!(
-                "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
-                 WHERE id = $1 AND status = 'QUEUED' AND worker IS NOT DISTINCT FROM $2 AND {}",
-                still_dead()
-            ),
-            Settlement::Retry { .. } => format!(
-                "UPDATE jobs SET status = 'NEW', run_at = now() + $4 * interval '1 microsecond', \
-                 last_error = $5, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = $1 AND status = 'RUNNING' AND worker IS NOT DISTINCT FROM $2 AND {}",
-                still_dead()
-            ),
-            Settlement::Cancel { .. } => format!(
-                "UPDATE jobs SET status = 'CANCELLED', cancelled_at = now(), finished_at = now(), \
-                 last_error = $4 WHERE id = $1 AND status = 'RUNNING' \
-                 AND worker IS NOT DISTINCT FROM $2 AND {}",
-                still_dead()
-            ),
-        };
-        let mut query = sqlx::query(&sql)
-            .bind(job.id)
-            .bind(&job.worker)
-            .bind(micros(dead_after));
-        query = match how {
-            Settlement::Requeue => query,
-            Settlement::Retry { backoff, reason } => {
-                query.bind(micros(*backoff)).bind(storable(reason))
-            }
-            Settlement::Cancel { reason } => query.bind(storable(reason)),
-        };
-        let done = query.execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        self.change(changes::settle_dead(job, dead_after, how))
+            .await
     }
 
     async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {
@@ -338,34 +299,10 @@ impl Store for PostgresStore {
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
-        const SEEN: &str = "WHERE id = $1 AND status = $2 AND control = $3";
-        let sql = match action {
-            ControlAction::PauseWaiting => format!(
-                "UPDATE jobs SET status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, \
-                 heartbeat_at = NULL {SEEN}"
-            ),
-            ControlAction::ResumeDetached => format!(
-                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
-                 status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
-                 heartbeat_at = NULL {SEEN} AND worker IS NOT DISTINCT FROM $4"
-            ),
-            ControlAction::Terminate => format!(
-                "UPDATE jobs SET status = 'CANCELLED', control = NULL, cancelled_at = now(), \
-                 finished_at = now(), last_error = $4 {SEEN}"
-            ),
-            ControlAction::Clear => format!("UPDATE jobs SET control = NULL {SEEN}"),
-            ControlAction::Signal(_) | ControlAction::Leave => return Ok(false),
-        };
-        let query = sqlx::query(&sql)
-            .bind(request.id)
-            .bind(request.status.as_str())
-            .bind(request.control.as_str());
-        let query = match action {
-            ControlAction::ResumeDetached => query.bind(&request.worker),
-            ControlAction::Terminate => query.bind(TERMINATED),
-            _ => query,
-        };
-        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+        if !action.writes() {
+            return Ok(false);
+        }
+        self.change(changes::apply_control(request, action)).await
     }
 
     async fn request(&self, id: i64, control: Control) -> Result<bool> {

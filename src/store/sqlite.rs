@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use super::changes::{self, Clock, Dialect};
 use super::{ExportDialect, double_quoted, export_sql, status_counts, text_row};
 use crate::job::Status;
 use async_stream::try_stream;
@@ -13,13 +14,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::{
-    ATTEMPT_BACK, CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store,
-    TERMINATED, TextRow, before_run, claimed, claimed_as, claimed_columns, done_ids, each_row,
-    inserts, json_ids, probe, storable,
+    CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store, TextRow, before_run,
+    claimed, claimed_as, claimed_columns, done_ids, each_row, inserts, json_ids, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -31,11 +31,6 @@ const MAX_CONNECTIONS: u32 = 4;
 
 /// Attempts at opening or migrating a file that other processes are opening too.
 const RACE_TRIES: u32 = 5;
-
-/// `?3` is the cutoff time: the row is still as silent as when it was found dead.
-fn still_dead() -> String {
-    format!("{LAST_SIGN} < ?3")
-}
 
 /// Text casts and numbered bounds.
 const EXPORT: ExportDialect = ExportDialect {
@@ -123,28 +118,30 @@ fn before(wait: Duration) -> String {
     text(Utc::now() - chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
 }
 
+/// The process clock as the column's text (a file has one host, so one clock), fixed once
+/// per statement; time arithmetic is done before binding.
+impl Dialect for Sqlite {
+    const SAME: &'static str = "IS";
+
+    fn push_now(query: &mut QueryBuilder<'_, Self>, clock: Clock) {
+        query.push_bind(text(clock.at));
+    }
+
+    fn push_shifted(query: &mut QueryBuilder<'_, Self>, clock: Clock, wait: Duration, later: bool) {
+        let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        let at = if later {
+            clock.at.checked_add_signed(wait)
+        } else {
+            clock.at.checked_sub_signed(wait)
+        };
+        query.push_bind(text(at.unwrap_or(clock.at)));
+    }
+}
+
 impl SqliteStore {
-    /// [`Store::pause`] and [`Store::resume`]; the text holds only the enums' own spellings.
-    async fn hand_over(
-        &self,
-        id: i64,
-        worker: &str,
-        from: Status,
-        to: Status,
-        request: Control,
-    ) -> Result<bool> {
-        let sql = format!(
-            "UPDATE jobs SET status = '{to}', heartbeat_at = ?3, \
-             control = CASE WHEN control = '{request}' THEN NULL ELSE control END \
-             WHERE id = ?1 AND status = '{from}' AND worker = ?2"
-        );
-        let done = sqlx::query(&sql)
-            .bind(id)
-            .bind(worker)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+    /// Runs the state change `build` makes; how many rows it changed.
+    async fn change<'q>(&self, build: impl Fn() -> QueryBuilder<'q, Sqlite>) -> Result<u64> {
+        Ok(build().build().execute(&self.pool).await?.rows_affected())
     }
 }
 
@@ -237,13 +234,17 @@ impl Store for SqliteStore {
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
-        self.hand_over(id, worker, Status::Running, Status::Paused, Control::Pause)
+        let from = (Status::Running, Status::Paused, Control::Pause);
+        self.change(|| changes::hand_over(id, worker, from.0, from.1, from.2))
             .await
+            .map(|changed| changed == 1)
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
-        self.hand_over(id, worker, Status::Paused, Status::Running, Control::Resume)
+        let from = (Status::Paused, Status::Running, Control::Resume);
+        self.change(|| changes::hand_over(id, worker, from.0, from.1, from.2))
             .await
+            .map(|changed| changed == 1)
     }
 
     async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
@@ -296,18 +297,7 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        let sql = format!(
-            "UPDATE jobs SET status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
-             attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
-             worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ?1 AND (?2 IS NULL OR id = ?2)"
-        );
-        let done = sqlx::query(&sql)
-            .bind(worker)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        self.change(|| changes::release(worker, id)).await
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
@@ -342,37 +332,9 @@ impl Store for SqliteStore {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool> {
-        let sql = match how {
-            Settlement::Requeue => format!(
-                "UPDATE jobs SET status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ?1 AND status = 'QUEUED' AND worker IS ?2 AND {}",
-                still_dead()
-            ),
-            Settlement::Retry { .. } => format!(
-                "UPDATE jobs SET status = 'NEW', run_at = ?4, last_error = ?5, worker = NULL, \
-                 queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                 WHERE id = ?1 AND status = 'RUNNING' AND worker IS ?2 AND {}",
-                still_dead()
-            ),
-            Settlement::Cancel { .. } => format!(
-                "UPDATE jobs SET status = 'CANCELLED', cancelled_at = ?4, finished_at = ?4, last_error = ?5 \
-                 WHERE id = ?1 AND status = 'RUNNING' AND worker IS ?2 AND {}",
-                still_dead()
-            ),
-        };
-        let query = sqlx::query(&sql)
-            .bind(job.id)
-            .bind(&job.worker)
-            .bind(before(dead_after));
-        let query = match how {
-            Settlement::Requeue => query,
-            Settlement::Retry { backoff, reason } => {
-                query.bind(after(*backoff)).bind(storable(reason))
-            }
-            Settlement::Cancel { reason } => query.bind(now()).bind(storable(reason)),
-        };
-        let done = query.execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        self.change(|| changes::settle_dead(job, dead_after, how))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {
@@ -409,34 +371,12 @@ impl Store for SqliteStore {
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
-        const SEEN: &str = "WHERE id = ?1 AND status = ?2 AND control = ?3";
-        let sql = match action {
-            ControlAction::PauseWaiting => format!(
-                "UPDATE jobs SET status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, \
-                 heartbeat_at = NULL {SEEN}"
-            ),
-            ControlAction::ResumeDetached => format!(
-                "UPDATE jobs SET attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
-                 status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
-                 heartbeat_at = NULL {SEEN} AND worker IS ?4"
-            ),
-            ControlAction::Terminate => format!(
-                "UPDATE jobs SET status = 'CANCELLED', control = NULL, cancelled_at = ?4, \
-                 finished_at = ?4, last_error = ?5 {SEEN}"
-            ),
-            ControlAction::Clear => format!("UPDATE jobs SET control = NULL {SEEN}"),
-            ControlAction::Signal(_) | ControlAction::Leave => return Ok(false),
-        };
-        let query = sqlx::query(&sql)
-            .bind(request.id)
-            .bind(request.status.as_str())
-            .bind(request.control.as_str());
-        let query = match action {
-            ControlAction::ResumeDetached => query.bind(&request.worker),
-            ControlAction::Terminate => query.bind(now()).bind(TERMINATED),
-            _ => query,
-        };
-        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+        if !action.writes() {
+            return Ok(false);
+        }
+        self.change(|| changes::apply_control(request, action))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn request(&self, id: i64, control: Control) -> Result<bool> {

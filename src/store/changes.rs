@@ -1,0 +1,196 @@
+//! State changes written once for every dialect. Each is one conditional UPDATE built with
+//! sqlx's `QueryBuilder`, whose `push_bind` writes `$n` or `?` itself; what truly differs per
+//! database (the clock, time arithmetic, a NULL-safe comparison) comes from its [`Dialect`].
+//!
+//! Every SET lists the columns it reads before those it changes: MySQL assigns left to right,
+//! so a later expression would see the new value where PostgreSQL and SQLite see the old one.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
+use super::{ATTEMPT_BACK, LAST_SIGN, TERMINATED, storable};
+use crate::job::{Control, ControlAction, ControlRequest, DeadJob, Settlement, Status};
+
+/// The moment a statement happens, fixed once so that every time it writes is the same one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clock {
+    pub at: DateTime<Utc>,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Clock { at: Utc::now() }
+    }
+}
+
+/// What a dialect writes differently in a state change.
+pub(super) trait Dialect: Database {
+    /// The comparison that also holds when both sides are NULL.
+    const SAME: &'static str;
+
+    /// The statement's time.
+    fn push_now(query: &mut QueryBuilder<'_, Self>, clock: Clock);
+
+    /// The statement's time plus `wait` (`later`) or minus it.
+    fn push_shifted(query: &mut QueryBuilder<'_, Self>, clock: Clock, wait: Duration, later: bool);
+}
+
+/// QUEUED → NEW, RUNNING → NEW for a retry, or RUNNING → CANCELLED ([`Settlement`]), if the job
+/// is still as silent as when it was found dead and still held by the same worker (or none).
+pub(super) fn settle_dead<'a, DB>(
+    job: &DeadJob,
+    dead_after: Duration,
+    how: &Settlement,
+) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+    Option<String>: Encode<'a, DB> + Type<DB>,
+{
+    let clock = Clock::now();
+    let mut query = QueryBuilder::new("UPDATE jobs SET ");
+    let expected = match how {
+        Settlement::Requeue => {
+            query.push("status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL");
+            Status::Queued
+        }
+        Settlement::Retry { backoff, reason } => {
+            query.push("status = 'NEW', run_at = ");
+            DB::push_shifted(&mut query, clock, *backoff, true);
+            query.push(", last_error = ");
+            query.push_bind(storable(reason).into_owned());
+            query.push(", worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL");
+            Status::Running
+        }
+        Settlement::Cancel { reason } => {
+            query.push("status = 'CANCELLED', cancelled_at = ");
+            DB::push_now(&mut query, clock);
+            query.push(", finished_at = ");
+            DB::push_now(&mut query, clock);
+            query.push(", last_error = ");
+            query.push_bind(storable(reason).into_owned());
+            Status::Running
+        }
+    };
+    query.push(" WHERE id = ");
+    query.push_bind(job.id);
+    query.push(format_args!(
+        " AND status = '{expected}' AND worker {} ",
+        DB::SAME
+    ));
+    query.push_bind(job.worker.clone());
+    query.push(format_args!(" AND {LAST_SIGN} < "));
+    DB::push_shifted(&mut query, clock, dead_after, false);
+    query
+}
+
+/// [`Store::release`](super::Store::release): this worker's QUEUED and RUNNING jobs (or just
+/// `id`) back to NEW, the attempt of an interrupted run given back; PAUSED ones stay PAUSED,
+/// held by no one.
+pub(super) fn release<'a, DB>(worker: &str, id: Option<i64>) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!(
+        "UPDATE jobs SET attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
+         status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
+         worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+         WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = "
+    ));
+    query.push_bind(worker.to_owned());
+    if let Some(id) = id {
+        query.push(" AND id = ");
+        query.push_bind(id);
+    }
+    query
+}
+
+/// [`Store::pause`](super::Store::pause) and [`Store::resume`](super::Store::resume): `from` →
+/// `to` for the job `worker` holds, clearing only the request carried out (a terminate written
+/// meanwhile must stay); the dead-clock starts again.
+pub(super) fn hand_over<'a, DB>(
+    id: i64,
+    worker: &str,
+    from: Status,
+    to: Status,
+    request: Control,
+) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+{
+    let clock = Clock::now();
+    // The text holds only the enums' own spellings.
+    let mut query = QueryBuilder::new(format!(
+        "UPDATE jobs SET control = CASE WHEN control = '{request}' THEN NULL ELSE control END, \
+         status = '{to}', heartbeat_at = "
+    ));
+    DB::push_now(&mut query, clock);
+    query.push(" WHERE id = ");
+    query.push_bind(id);
+    query.push(format_args!(" AND status = '{from}' AND worker = "));
+    query.push_bind(worker.to_owned());
+    query
+}
+
+/// [`Store::apply_control`](super::Store::apply_control), if the row still has the status and
+/// request that were seen. Only for actions that write ([`ControlAction::writes`]).
+pub(super) fn apply_control<'a, DB>(
+    request: &ControlRequest,
+    action: ControlAction,
+) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+    Option<String>: Encode<'a, DB> + Type<DB>,
+{
+    let clock = Clock::now();
+    let mut query = QueryBuilder::new("UPDATE jobs SET ");
+    match action {
+        ControlAction::PauseWaiting => {
+            query.push(
+                "status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, heartbeat_at = NULL",
+            );
+        }
+        ControlAction::ResumeDetached => {
+            query.push(format_args!(
+                "attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
+                 status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
+                 heartbeat_at = NULL"
+            ));
+        }
+        ControlAction::Terminate => {
+            query.push("status = 'CANCELLED', control = NULL, cancelled_at = ");
+            DB::push_now(&mut query, clock);
+            query.push(", finished_at = ");
+            DB::push_now(&mut query, clock);
+            query.push(", last_error = ");
+            query.push_bind(TERMINATED.to_owned());
+        }
+        ControlAction::Clear => {
+            query.push("control = NULL");
+        }
+        // Nothing to write: the request stays as it is.
+        ControlAction::Signal(_) | ControlAction::Leave => {
+            query.push("control = control");
+        }
+    }
+    query.push(" WHERE id = ");
+    query.push_bind(request.id);
+    query.push(format_args!(
+        " AND status = '{}' AND control = '{}'",
+        request.status, request.control
+    ));
+    if action == ControlAction::ResumeDetached {
+        query.push(format_args!(" AND worker {} ", DB::SAME));
+        query.push_bind(request.worker.clone());
+    }
+    query
+}
