@@ -5,13 +5,13 @@
 //! change is a single conditional UPDATE on the expected status (and holder), so two replicas, or
 //! the canceller racing a finishing job, can never both win, and a terminal state is written once.
 
-mod changes;
 mod claim;
 mod files;
 mod mysql;
 mod postgres;
 mod secrets;
 mod sqlite;
+mod statements;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::changes::{self, Clock, Dialect};
+use super::statements::{self, Clock, Dialect};
 use super::{ExportDialect, backticked, export_sql, status_counts, text_row, with_database};
 use crate::job::Status;
 use async_stream::try_stream;
@@ -19,8 +19,8 @@ use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool, QueryBuilder};
 
 use super::{
-    CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store, TextRow, before_run,
-    claimed, claimed_as, claimed_columns, done_ids, each_row, inserts, micros, probe, storable,
+    CONNECT_TIMEOUT, Claim, ROW, Result, Store, TextRow, before_run, claimed, claimed_as,
+    claimed_columns, done_ids, each_row, inserts, micros, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -92,14 +92,6 @@ impl MySqlStore {
             .connect_with(options)
             .await?;
         Ok(MySqlStore { pool })
-    }
-
-    /// Runs the statement `build` makes, again if it loses a deadlock; returns rows affected.
-    async fn write<'q, F>(&self, build: F) -> Result<u64>
-    where
-        F: Fn() -> Query<'q, MySql, MySqlArguments> + Send + Sync,
-    {
-        retry_deadlocks(|| async { Ok(build().execute(&self.pool).await?.rows_affected()) }).await
     }
 
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
@@ -255,6 +247,18 @@ fn is_deadlock(error: &sqlx::Error) -> bool {
 /// The server's clock, with microseconds, and microseconds bound as a number.
 impl Dialect for MySql {
     const SAME: &'static str = "<=>";
+    const INTEGER: &'static str = "SIGNED";
+
+    /// A list of placeholders rather than a JSON_TABLE subquery: MariaDB runs `UPDATE … WHERE
+    /// id IN (subquery)` as a scan of the whole table, locking every row on the way.
+    fn push_in_ids(query: &mut QueryBuilder<'_, Self>, ids: &[i64]) {
+        query.push("IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        query.push(")");
+    }
 
     fn push_now(query: &mut QueryBuilder<'_, Self>, _clock: Clock) {
         query.push("NOW(6)");
@@ -333,41 +337,27 @@ impl Store for MySqlStore {
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-        let sql = format!(
-            "UPDATE jobs SET status = 'RUNNING', started_at = NOW(6), heartbeat_at = NULL, \
-             {NEXT_ATTEMPT} WHERE id = ? AND status = 'QUEUED' AND worker = ?"
-        );
-        let done = self
-            .write(|| sqlx::query(&sql).bind(id).bind(worker))
-            .await?;
-        Ok(done == 1)
+        self.change(|| statements::mark_started(id, worker))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool> {
-        let done = self
-            .write(|| {
-                sqlx::query(
-                    "UPDATE jobs SET heartbeat_at = NOW(6), progress = COALESCE(?, progress) \
-                     WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-                )
-                .bind(progress)
-                .bind(id)
-                .bind(worker)
-            })
-            .await?;
-        Ok(done == 1)
+        self.change(|| statements::heartbeat(id, worker, progress))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
         let from = (Status::Running, Status::Paused, Control::Pause);
-        self.change(|| changes::hand_over(id, worker, from.0, from.1, from.2))
+        self.change(|| statements::hand_over(id, worker, from.0, from.1, from.2))
             .await
             .map(|changed| changed == 1)
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
         let from = (Status::Paused, Status::Running, Control::Resume);
-        self.change(|| changes::hand_over(id, worker, from.0, from.1, from.2))
+        self.change(|| statements::hand_over(id, worker, from.0, from.1, from.2))
             .await
             .map(|changed| changed == 1)
     }
@@ -377,32 +367,20 @@ impl Store for MySqlStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        self.change(|| changes::release(worker, id)).await
+        self.change(|| statements::release(worker, id)).await
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let sql = format!(
-            "UPDATE jobs SET heartbeat_at = NOW(6) WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ? AND {}",
-            in_ids(ids.len())
-        );
-        self.write(|| bind_each(sqlx::query(&sql).bind(worker), ids))
+        self.change(|| statements::touch::<MySql>(worker, ids))
             .await
     }
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
-        let sql = format!(
-            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') \
-             AND {LAST_SIGN} < NOW(6) - INTERVAL ? MICROSECOND ORDER BY id LIMIT ?"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(micros(dead_after))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(each_row(&rows))
+        let mut query = statements::find_dead::<MySql>(dead_after, limit);
+        Ok(each_row(&query.build().fetch_all(&self.pool).await?))
     }
 
     async fn settle_dead(
@@ -411,7 +389,7 @@ impl Store for MySqlStore {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool> {
-        self.change(|| changes::settle_dead(job, dead_after, how))
+        self.change(|| statements::settle_dead(job, dead_after, how))
             .await
             .map(|changed| changed == 1)
     }
@@ -420,15 +398,8 @@ impl Store for MySqlStore {
         if running.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT id FROM jobs WHERE {} AND (status NOT IN ('RUNNING', 'PAUSED') OR NOT (worker <=> ?))",
-            in_ids(running.len())
-        );
-        let lost: Vec<(i64,)> = bind_ids(sqlx::query_as(&sql), running)
-            .bind(worker)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(lost.into_iter().map(|(id,)| id).collect())
+        let mut query = statements::lost::<MySql>(worker, running);
+        query.build_query_scalar().fetch_all(&self.pool).await
     }
 
     async fn find_controls(
@@ -437,37 +408,23 @@ impl Store for MySqlStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ControlRequest>> {
-        let rows = sqlx::query(
-            "SELECT id, status, control, worker, CAST(\
-             COALESCE(heartbeat_at, created_at) < NOW(6) - INTERVAL ? MICROSECOND AS SIGNED) AS silent \
-             FROM jobs WHERE control IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(micros(dead_after))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(each_row(&rows))
+        let mut query = statements::find_controls::<MySql>(dead_after, after, limit);
+        Ok(each_row(&query.build().fetch_all(&self.pool).await?))
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
         if !action.writes() {
             return Ok(false);
         }
-        self.change(|| changes::apply_control(request, action))
+        self.change(|| statements::apply_control(request, action))
             .await
             .map(|changed| changed == 1)
     }
 
     async fn request(&self, id: i64, control: Control) -> Result<bool> {
-        let done = self
-            .write(|| {
-                sqlx::query("UPDATE jobs SET control = ? WHERE id = ?")
-                    .bind(control.as_str())
-                    .bind(id)
-            })
-            .await?;
-        Ok(done == 1)
+        self.change(|| statements::request(id, control))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<String>> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::changes::{self, Clock, Dialect};
+use super::statements::{self, Clock, Dialect};
 use super::{ExportDialect, double_quoted, export_sql, status_counts, text_row, with_database};
 use crate::job::Status;
 use async_stream::try_stream;
@@ -16,9 +16,8 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store, TextRow, Wakes,
-    before_run, claimed, claimed_as, claimed_columns, column_list, done_ids, each_row, micros,
-    probe, storable,
+    CONNECT_TIMEOUT, Claim, ROW, Result, Store, TextRow, Wakes, before_run, claimed, claimed_as,
+    claimed_columns, column_list, done_ids, each_row, micros, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -59,6 +58,13 @@ impl PostgresStore {
 /// The database's clock, and microseconds bound as a number (a replica's clock may disagree).
 impl Dialect for Postgres {
     const SAME: &'static str = "IS NOT DISTINCT FROM";
+    const INTEGER: &'static str = "BIGINT";
+
+    fn push_in_ids(query: &mut QueryBuilder<'_, Self>, ids: &[i64]) {
+        query.push("= ANY(");
+        query.push_bind(ids.to_vec());
+        query.push(")");
+    }
 
     fn push_now(query: &mut QueryBuilder<'_, Self>, _clock: Clock) {
         query.push("now()");
@@ -136,40 +142,23 @@ impl Store for PostgresStore {
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-        let sql = format!(
-            "UPDATE jobs SET status = 'RUNNING', started_at = now(), heartbeat_at = NULL, \
-             {NEXT_ATTEMPT} WHERE id = $1 AND status = 'QUEUED' AND worker = $2"
-        );
-        let done = sqlx::query(&sql)
-            .bind(id)
-            .bind(worker)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.change(statements::mark_started(id, worker)).await
     }
 
     async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET heartbeat_at = now(), progress = COALESCE($3, progress) \
-             WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(progress)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.change(statements::heartbeat(id, worker, progress))
+            .await
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
         let from = (Status::Running, Status::Paused, Control::Pause);
-        self.change(changes::hand_over(id, worker, from.0, from.1, from.2))
+        self.change(statements::hand_over(id, worker, from.0, from.1, from.2))
             .await
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
         let from = (Status::Paused, Status::Running, Control::Resume);
-        self.change(changes::hand_over(id, worker, from.0, from.1, from.2))
+        self.change(statements::hand_over(id, worker, from.0, from.1, from.2))
             .await
     }
 
@@ -224,34 +213,21 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        let mut query = changes::release::<Postgres>(worker, id);
+        let mut query = statements::release::<Postgres>(worker, id);
         Ok(query.build().execute(&self.pool).await?.rows_affected())
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE jobs SET heartbeat_at = now() \
-             WHERE id = ANY($2) AND status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = $1",
-        )
-        .bind(worker)
-        .bind(ids)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut query = statements::touch::<Postgres>(worker, ids);
+        Ok(query.build().execute(&self.pool).await?.rows_affected())
     }
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
-        let sql = format!(
-            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') \
-             AND {LAST_SIGN} < now() - $1 * interval '1 microsecond' \
-             ORDER BY id LIMIT $2"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(micros(dead_after))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(each_row(&rows))
+        let mut query = statements::find_dead::<Postgres>(dead_after, limit);
+        Ok(each_row(&query.build().fetch_all(&self.pool).await?))
     }
 
     async fn settle_dead(
@@ -260,7 +236,7 @@ impl Store for PostgresStore {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool> {
-        self.change(changes::settle_dead(job, dead_after, how))
+        self.change(statements::settle_dead(job, dead_after, how))
             .await
     }
 
@@ -268,14 +244,8 @@ impl Store for PostgresStore {
         if running.is_empty() {
             return Ok(Vec::new());
         }
-        sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE id = ANY($1) \
-             AND (status NOT IN ('RUNNING', 'PAUSED') OR worker IS DISTINCT FROM $2)",
-        )
-        .bind(running)
-        .bind(worker)
-        .fetch_all(&self.pool)
-        .await
+        let mut query = statements::lost::<Postgres>(worker, running);
+        query.build_query_scalar().fetch_all(&self.pool).await
     }
 
     async fn find_controls(
@@ -284,34 +254,20 @@ impl Store for PostgresStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ControlRequest>> {
-        let rows = sqlx::query(
-            "SELECT id, status, control, worker, CAST(CASE WHEN \
-             COALESCE(heartbeat_at, created_at) < now() - $1 * interval '1 microsecond' \
-             THEN 1 ELSE 0 END AS BIGINT) AS silent \
-             FROM jobs WHERE control IS NOT NULL AND id > $3 ORDER BY id LIMIT $2",
-        )
-        .bind(micros(dead_after))
-        .bind(i64::from(limit))
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(each_row(&rows))
+        let mut query = statements::find_controls::<Postgres>(dead_after, after, limit);
+        Ok(each_row(&query.build().fetch_all(&self.pool).await?))
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
         if !action.writes() {
             return Ok(false);
         }
-        self.change(changes::apply_control(request, action)).await
+        self.change(statements::apply_control(request, action))
+            .await
     }
 
     async fn request(&self, id: i64, control: Control) -> Result<bool> {
-        let done = sqlx::query("UPDATE jobs SET control = $2 WHERE id = $1")
-            .bind(id)
-            .bind(control.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.change(statements::request(id, control)).await
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<String>> {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::changes::{self, Clock, Dialect};
+use super::statements::{self, Clock, Dialect};
 use super::{ExportDialect, double_quoted, export_sql, status_counts, text_row};
 use crate::job::Status;
 use async_stream::try_stream;
@@ -18,8 +18,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::{
-    CONNECT_TIMEOUT, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, ROW, Result, Store, TextRow, before_run,
-    claimed, claimed_as, claimed_columns, done_ids, each_row, inserts, json_ids, probe, storable,
+    CONNECT_TIMEOUT, Claim, ROW, Result, Store, TextRow, before_run, claimed, claimed_as,
+    claimed_columns, done_ids, each_row, inserts, json_ids, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -114,14 +114,18 @@ fn after(wait: Duration) -> String {
     text(Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
 }
 
-fn before(wait: Duration) -> String {
-    text(Utc::now() - chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
-}
-
 /// The process clock as the column's text (a file has one host, so one clock), fixed once
 /// per statement; time arithmetic is done before binding.
 impl Dialect for Sqlite {
     const SAME: &'static str = "IS";
+    const INTEGER: &'static str = "INTEGER";
+
+    /// One parameter, a JSON array, whatever the list's length.
+    fn push_in_ids(query: &mut QueryBuilder<'_, Self>, ids: &[i64]) {
+        query.push("IN (SELECT value FROM json_each(");
+        query.push_bind(json_ids(ids));
+        query.push("))");
+    }
 
     fn push_now(query: &mut QueryBuilder<'_, Self>, clock: Clock) {
         query.push_bind(text(clock.at));
@@ -206,43 +210,27 @@ impl Store for SqliteStore {
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-        let sql = format!(
-            "UPDATE jobs SET status = 'RUNNING', started_at = ?3, heartbeat_at = NULL, \
-             {NEXT_ATTEMPT} WHERE id = ?1 AND status = 'QUEUED' AND worker = ?2"
-        );
-        let done = sqlx::query(&sql)
-            .bind(id)
-            .bind(worker)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.change(|| statements::mark_started(id, worker))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET heartbeat_at = ?3, progress = COALESCE(?4, progress) \
-             WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(now())
-        .bind(progress)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.change(|| statements::heartbeat(id, worker, progress))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
         let from = (Status::Running, Status::Paused, Control::Pause);
-        self.change(|| changes::hand_over(id, worker, from.0, from.1, from.2))
+        self.change(|| statements::hand_over(id, worker, from.0, from.1, from.2))
             .await
             .map(|changed| changed == 1)
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
         let from = (Status::Paused, Status::Running, Control::Resume);
-        self.change(|| changes::hand_over(id, worker, from.0, from.1, from.2))
+        self.change(|| statements::hand_over(id, worker, from.0, from.1, from.2))
             .await
             .map(|changed| changed == 1)
     }
@@ -297,33 +285,20 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        self.change(|| changes::release(worker, id)).await
+        self.change(|| statements::release(worker, id)).await
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE jobs SET heartbeat_at = ?2 WHERE id IN (SELECT value FROM json_each(?3)) \
-             AND status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ?1",
-        )
-        .bind(worker)
-        .bind(now())
-        .bind(json_ids(ids))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.change(|| statements::touch::<Sqlite>(worker, ids))
+            .await
     }
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
-        let sql = format!(
-            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') \
-             AND {LAST_SIGN} < ?1 ORDER BY id LIMIT ?2"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(before(dead_after))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(each_row(&rows))
+        let mut query = statements::find_dead::<Sqlite>(dead_after, limit);
+        Ok(each_row(&query.build().fetch_all(&self.pool).await?))
     }
 
     async fn settle_dead(
@@ -332,7 +307,7 @@ impl Store for SqliteStore {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool> {
-        self.change(|| changes::settle_dead(job, dead_after, how))
+        self.change(|| statements::settle_dead(job, dead_after, how))
             .await
             .map(|changed| changed == 1)
     }
@@ -341,14 +316,8 @@ impl Store for SqliteStore {
         if running.is_empty() {
             return Ok(Vec::new());
         }
-        sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?1)) \
-             AND (status NOT IN ('RUNNING', 'PAUSED') OR worker IS NOT ?2)",
-        )
-        .bind(json_ids(running))
-        .bind(worker)
-        .fetch_all(&self.pool)
-        .await
+        let mut query = statements::lost::<Sqlite>(worker, running);
+        query.build_query_scalar().fetch_all(&self.pool).await
     }
 
     async fn find_controls(
@@ -357,35 +326,23 @@ impl Store for SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ControlRequest>> {
-        let rows = sqlx::query(
-            "SELECT id, status, control, worker, \
-             CAST(COALESCE(heartbeat_at, created_at) < ?1 AS INTEGER) AS silent \
-             FROM jobs WHERE control IS NOT NULL AND id > ?3 ORDER BY id LIMIT ?2",
-        )
-        .bind(before(dead_after))
-        .bind(limit)
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(each_row(&rows))
+        let mut query = statements::find_controls::<Sqlite>(dead_after, after, limit);
+        Ok(each_row(&query.build().fetch_all(&self.pool).await?))
     }
 
     async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
         if !action.writes() {
             return Ok(false);
         }
-        self.change(|| changes::apply_control(request, action))
+        self.change(|| statements::apply_control(request, action))
             .await
             .map(|changed| changed == 1)
     }
 
     async fn request(&self, id: i64, control: Control) -> Result<bool> {
-        let done = sqlx::query("UPDATE jobs SET control = ?2 WHERE id = ?1")
-            .bind(id)
-            .bind(control.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.change(|| statements::request(id, control))
+            .await
+            .map(|changed| changed == 1)
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<String>> {

@@ -1,6 +1,8 @@
-//! State changes written once for every dialect. Each is one conditional UPDATE built with
-//! sqlx's `QueryBuilder`, whose `push_bind` writes `$n` or `?` itself; what truly differs per
-//! database (the clock, time arithmetic, a NULL-safe comparison) comes from its [`Dialect`].
+//! Statements written once for every dialect, built with sqlx's `QueryBuilder`, whose
+//! `push_bind` writes `$n` or `?` itself; what truly differs per database (the clock, time
+//! arithmetic, a NULL-safe comparison, a list of ids) comes from its [`Dialect`]. Each state
+//! change is one conditional UPDATE. The dialect files run them, and keep only what differs
+//! whole: claiming, batched finishing, notifications, migration locks.
 //!
 //! Every SET lists the columns it reads before those it changes: MySQL assigns left to right,
 //! so a later expression would see the new value where PostgreSQL and SQLite see the old one.
@@ -10,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use super::{ATTEMPT_BACK, LAST_SIGN, TERMINATED, storable};
+use super::{ATTEMPT_BACK, DEAD, LAST_SIGN, NEXT_ATTEMPT, TERMINATED, storable};
 use crate::job::{Control, ControlAction, ControlRequest, DeadJob, Settlement, Status};
 
 /// The moment a statement happens, fixed once so that every time it writes is the same one.
@@ -35,6 +37,12 @@ pub(super) trait Dialect: Database {
 
     /// The statement's time plus `wait` (`later`) or minus it.
     fn push_shifted(query: &mut QueryBuilder<'_, Self>, clock: Clock, wait: Duration, later: bool);
+
+    /// `IN` (or `= ANY`) the list `ids`, which is never empty.
+    fn push_in_ids(query: &mut QueryBuilder<'_, Self>, ids: &[i64]);
+
+    /// The 64-bit integer type of a CAST.
+    const INTEGER: &'static str;
 }
 
 /// QUEUED → NEW, RUNNING → NEW for a retry, or RUNNING → CANCELLED ([`Settlement`]), if the job
@@ -192,5 +200,133 @@ where
         query.push(format_args!(" AND worker {} ", DB::SAME));
         query.push_bind(request.worker.clone());
     }
+    query
+}
+
+/// [`Store::mark_started`](super::Store::mark_started): QUEUED by `worker` → RUNNING, one more
+/// attempt.
+pub(super) fn mark_started<'a, DB>(id: i64, worker: &str) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!(
+        "UPDATE jobs SET status = 'RUNNING', heartbeat_at = NULL, {NEXT_ATTEMPT}, started_at = "
+    ));
+    DB::push_now(&mut query, Clock::now());
+    query.push(" WHERE id = ");
+    query.push_bind(id);
+    query.push(" AND status = 'QUEUED' AND worker = ");
+    query.push_bind(worker.to_owned());
+    query
+}
+
+/// [`Store::heartbeat`](super::Store::heartbeat): a sign of life of a RUNNING job, and its
+/// checkpoint when given.
+pub(super) fn heartbeat<'a, DB>(
+    id: i64,
+    worker: &str,
+    progress: Option<&str>,
+) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+    Option<String>: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new("UPDATE jobs SET progress = COALESCE(");
+    query.push_bind(progress.map(str::to_owned));
+    query.push(", progress), heartbeat_at = ");
+    DB::push_now(&mut query, Clock::now());
+    query.push(" WHERE id = ");
+    query.push_bind(id);
+    query.push(" AND status = 'RUNNING' AND worker = ");
+    query.push_bind(worker.to_owned());
+    query
+}
+
+/// [`Store::touch`](super::Store::touch): a sign of life of `worker`'s waiting jobs `ids`
+/// (never empty).
+pub(super) fn touch<'a, DB>(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    String: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new("UPDATE jobs SET heartbeat_at = ");
+    DB::push_now(&mut query, Clock::now());
+    query.push(" WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ");
+    query.push_bind(worker.to_owned());
+    query.push(" AND id ");
+    DB::push_in_ids(&mut query, ids);
+    query
+}
+
+/// [`Store::request`](super::Store::request): a control request, as a user's UPDATE writes it.
+pub(super) fn request<'a, DB>(id: i64, control: Control) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    // The text holds only the enum's own spelling.
+    let mut query = QueryBuilder::new(format!("UPDATE jobs SET control = '{control}' WHERE id = "));
+    query.push_bind(id);
+    query
+}
+
+/// [`Store::find_dead`](super::Store::find_dead): the columns of [`DeadJob`].
+pub(super) fn find_dead<'a, DB>(dead_after: Duration, limit: u32) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!(
+        "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND {LAST_SIGN} < "
+    ));
+    DB::push_shifted(&mut query, Clock::now(), dead_after, false);
+    query.push(" ORDER BY id LIMIT ");
+    query.push_bind(i64::from(limit));
+    query
+}
+
+/// [`Store::lost`](super::Store::lost): of `running` (never empty), the ids no longer RUNNING
+/// or PAUSED by `worker`.
+pub(super) fn lost<'a, DB>(worker: &str, running: &[i64]) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    Option<String>: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new("SELECT id FROM jobs WHERE id ");
+    DB::push_in_ids(&mut query, running);
+    query.push(format_args!(
+        " AND (status NOT IN ('RUNNING', 'PAUSED') OR NOT (worker {} ",
+        DB::SAME
+    ));
+    query.push_bind(Some(worker.to_owned()));
+    query.push("))");
+    query
+}
+
+/// [`Store::find_controls`](super::Store::find_controls): the columns of [`ControlRequest`].
+pub(super) fn find_controls<'a, DB>(
+    dead_after: Duration,
+    after: i64,
+    limit: u32,
+) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new(
+        "SELECT id, status, control, worker, CAST(CASE WHEN COALESCE(heartbeat_at, created_at) < ",
+    );
+    DB::push_shifted(&mut query, Clock::now(), dead_after, false);
+    query.push(format_args!(
+        " THEN 1 ELSE 0 END AS {}) AS silent FROM jobs WHERE control IS NOT NULL AND id > ",
+        DB::INTEGER
+    ));
+    query.push_bind(after);
+    query.push(" ORDER BY id LIMIT ");
+    query.push_bind(i64::from(limit));
     query
 }
