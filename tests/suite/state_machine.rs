@@ -59,12 +59,28 @@ const TINY: Duration = Duration::from_millis(2);
 /// A `find_controls` horizon no row of a case is older than: every holder has vouched.
 const VOUCHED: Duration = Duration::from_secs(3600);
 
-#[test]
-fn the_job_state_machine_keeps_its_invariants() {
-    check(CASES);
+mod sqlite {
+    #[test]
+    fn the_job_state_machine_keeps_its_invariants() {
+        super::check(super::Backend::Sqlite, super::CASES);
+    }
 }
 
-fn check(default_cases: u32) {
+mod postgres {
+    #[test]
+    fn the_job_state_machine_keeps_its_invariants() {
+        super::check(super::Backend::Postgres, super::CASES);
+    }
+}
+
+mod mysql {
+    #[test]
+    fn the_job_state_machine_keeps_its_invariants() {
+        super::check(super::Backend::Mysql, super::CASES);
+    }
+}
+
+fn check(backend: Backend, default_cases: u32) {
     let cases = match std::env::var_os("PROPTEST_CASES") {
         Some(_) => ProptestConfig::default().cases,
         None => default_cases,
@@ -81,7 +97,7 @@ fn check(default_cases: u32) {
     let mut runner = TestRunner::new(config);
     let result = runner.run(&scenario(), |scenario| {
         runtime
-            .block_on(play(&scenario))
+            .block_on(play(backend, &scenario))
             .map_err(TestCaseError::fail)
     });
     match result {
@@ -569,10 +585,10 @@ fn since(at: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
 // ---------------------------------------------------------------------------------------------
 // Playing a case
 
-async fn play(scenario: &Scenario) -> Result<(), String> {
+async fn play(backend: Backend, scenario: &Scenario) -> Result<(), String> {
     let mut verdict = Err("the case did not run".to_owned());
     let slot = &mut verdict;
-    common::run(Backend::Sqlite, "state_machine", |db| async move {
+    common::run(backend, "state_machine", |db| async move {
         *slot = Table::play(db.store().await, scenario).await;
     })
     .await;
