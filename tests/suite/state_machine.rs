@@ -136,10 +136,11 @@ fn check(backend: Backend, default_cases: u32) {
     }
 }
 
-/// Each way a replica's batch can name one RUNNING job twice (a duplicate in the completer's
-/// queue): the store settles it once, as one of the two outcomes, and names it once. The
-/// property test draws such batches too; these are its minimal cases, all played on every
-/// backend, the first that fails played again and kept.
+/// Each way a batch given to `finish` can name one RUNNING job twice: the store settles it
+/// once, as one of the two outcomes, and names it once. (The daemon's completer sends one
+/// outcome per run; the store's contract takes any batch.) The property test draws such batches
+/// too; these are its minimal cases, all played on every backend, the first that fails played
+/// again and kept.
 fn twice_in_one_batch(backend: Backend) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
