@@ -160,18 +160,19 @@ impl MySqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Still conditional on RUNNING: a batch that names a job twice settles it once.
         for (id, outcome) in outcomes.iter().filter(|(id, _)| is_ours(id)) {
             let query = match outcome {
                 Outcome::Done => continue,
                 Outcome::Failed { reason } => sqlx::query(
                     "UPDATE jobs SET status = 'FAILED', finished_at = NOW(6), last_error = ? \
-                     WHERE id = ?",
+                     WHERE id = ? AND status = 'RUNNING'",
                 )
                 .bind(storable(reason)),
                 Outcome::Retry { backoff, reason } => sqlx::query(
                     "UPDATE jobs SET status = 'NEW', run_at = NOW(6) + INTERVAL ? MICROSECOND, \
                      last_error = ?, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                     WHERE id = ?",
+                     WHERE id = ? AND status = 'RUNNING'",
                 )
                 .bind(micros(*backoff))
                 .bind(storable(reason)),
