@@ -15,7 +15,7 @@ use super::files::CsvSettings;
 use super::files::{CsvPath, column, table_columns};
 use super::{Handler, Permanent};
 use crate::context::JobContext;
-use crate::store::TextRow;
+use crate::store::{ImportBatch, TextRow};
 
 /// Rows per transaction, at most.
 const BATCH_ROWS: usize = 1000;
@@ -73,7 +73,14 @@ impl Handler for CsvImport {
             let progress = serde_json::to_string(&Imported { rows: imported })?;
             let store = ctx.store();
             let ours = store
-                .import_batch(ctx.id(), ctx.worker(), table, &columns, &batch, &progress)
+                .import_batch(&ImportBatch {
+                    id: ctx.id(),
+                    worker: ctx.worker(),
+                    table,
+                    columns: &columns,
+                    rows: &batch,
+                    progress: &progress,
+                })
                 .await?;
             ctx.checkpointed(ours).await;
         }

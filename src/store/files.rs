@@ -17,6 +17,20 @@ pub fn is_identifier(name: &str) -> bool {
         && name.len() <= 64
 }
 
+/// A batch of a `csv_import` job, and the checkpoint that counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportBatch<'a> {
+    /// The job, and the worker that runs it.
+    pub id: i64,
+    pub worker: &'a str,
+    /// An allow-listed table, and the columns the rows fill, in order.
+    pub table: &'a str,
+    pub columns: &'a [String],
+    pub rows: &'a [TextRow],
+    /// The job's checkpoint once the batch is in (JSON).
+    pub progress: &'a str,
+}
+
 /// A dialect's way of quoting an identifier so that any name, whatever it holds, stays one name.
 type Quote = fn(&str) -> String;
 

@@ -29,8 +29,8 @@ use crate::job::{
 
 pub use claim::Claim;
 use claim::{ATTEMPT_BACK, NEXT_ATTEMPT, before_run, claimed, claimed_as, claimed_columns};
-pub use files::is_identifier;
 use files::{ExportDialect, backticked, column_list, double_quoted, export_sql, inserts, text_row};
+pub use files::{ImportBatch, is_identifier};
 pub use mysql::MySqlStore;
 pub use postgres::PostgresStore;
 pub use secrets::{redact, scrub, scrub_all, secrets};
@@ -136,19 +136,11 @@ pub trait Store: Send + Sync + 'static {
     /// any character the database allows: every query quotes it.
     async fn columns(&self, table: &str) -> Result<Vec<String>>;
 
-    /// In one transaction: inserts `rows` (NULL for `None`, else text the database converts to
-    /// each column's type) into `columns` of `table`, and records `progress` for job `id` as a
-    /// checkpoint. Nothing is written, and `false` returned, if the job is no longer RUNNING on
-    /// `worker`: a batch is imported exactly when its checkpoint is.
-    async fn import_batch(
-        &self,
-        id: i64,
-        worker: &str,
-        table: &str,
-        columns: &[String],
-        rows: &[TextRow],
-        progress: &str,
-    ) -> Result<bool>;
+    /// In one transaction: inserts the batch's rows (NULL for `None`, else text the database
+    /// converts to each column's type) and records its `progress` as the job's checkpoint.
+    /// Nothing is written, and `false` returned, if the job is no longer RUNNING on its worker:
+    /// a batch is imported exactly when its checkpoint is.
+    async fn import_batch(&self, batch: &ImportBatch<'_>) -> Result<bool>;
 
     /// The rows of `table` whose `date_column` falls on `day`, as text, in `columns` order, as
     /// the database sends them: a day of any size costs the memory of a row at a time.

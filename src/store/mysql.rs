@@ -19,8 +19,8 @@ use sqlx::query::Query;
 use sqlx::{Executor, MySql, MySqlPool, QueryBuilder};
 
 use super::{
-    CONNECT_TIMEOUT, Claim, ROW, Result, Store, TextRow, before_run, claimed, claimed_as,
-    claimed_columns, done_ids, each_row, inserts, micros, probe, storable,
+    CONNECT_TIMEOUT, Claim, ImportBatch, ROW, Result, Store, TextRow, before_run, claimed,
+    claimed_as, claimed_columns, done_ids, each_row, inserts, micros, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -185,29 +185,25 @@ impl MySqlStore {
 }
 
 impl MySqlStore {
-    async fn try_import(
-        &self,
-        id: i64,
-        worker: &str,
-        table: &str,
-        columns: &[String],
-        rows: &[TextRow],
-        progress: &str,
-    ) -> Result<bool> {
+    async fn try_import(&self, batch: &ImportBatch<'_>) -> Result<bool> {
+        let ImportBatch {
+            id,
+            worker,
+            table,
+            columns,
+            rows,
+            progress,
+        } = *batch;
         let mut tx = self.pool.begin().await?;
         // MySQL takes up to 65535 parameters per statement.
         for mut insert in inserts(table, columns, rows, backticked, 60_000) {
             insert.build().execute(&mut *tx).await?;
         }
-        let checkpoint = sqlx::query(
-            "UPDATE jobs SET progress = ?, heartbeat_at = NOW(6) \
-             WHERE id = ? AND status = 'RUNNING' AND worker = ?",
-        )
-        .bind(progress)
-        .bind(id)
-        .bind(worker)
-        .execute(&mut *tx)
-        .await?;
+        // The checkpoint is a heartbeat with progress, in the same transaction.
+        let checkpoint = statements::heartbeat::<MySql>(id, worker, Some(progress))
+            .build()
+            .execute(&mut *tx)
+            .await?;
         if checkpoint.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(false);
@@ -438,16 +434,8 @@ impl Store for MySqlStore {
         .await
     }
 
-    async fn import_batch(
-        &self,
-        id: i64,
-        worker: &str,
-        table: &str,
-        columns: &[String],
-        rows: &[TextRow],
-        progress: &str,
-    ) -> Result<bool> {
-        retry_deadlocks(|| self.try_import(id, worker, table, columns, rows, progress)).await
+    async fn import_batch(&self, batch: &ImportBatch<'_>) -> Result<bool> {
+        retry_deadlocks(|| self.try_import(batch)).await
     }
 
     fn export_day<'a>(

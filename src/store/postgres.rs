@@ -16,8 +16,8 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CONNECT_TIMEOUT, Claim, ROW, Result, Store, TextRow, Wakes, before_run, claimed, claimed_as,
-    claimed_columns, column_list, done_ids, each_row, micros, probe, storable,
+    CONNECT_TIMEOUT, Claim, ImportBatch, ROW, Result, Store, TextRow, Wakes, before_run, claimed,
+    claimed_as, claimed_columns, column_list, done_ids, each_row, micros, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -280,15 +280,15 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn import_batch(
-        &self,
-        id: i64,
-        worker: &str,
-        table: &str,
-        columns: &[String],
-        rows: &[TextRow],
-        progress: &str,
-    ) -> Result<bool> {
+    async fn import_batch(&self, batch: &ImportBatch<'_>) -> Result<bool> {
+        let ImportBatch {
+            id,
+            worker,
+            table,
+            columns,
+            rows,
+            progress,
+        } = *batch;
         // One parameter for the whole batch: json_populate_recordset reads each text field with
         // its column type's input function, as COPY would.
         let list = column_list(columns, double_quoted);
@@ -311,15 +311,11 @@ impl Store for PostgresStore {
             .bind(serde_json::Value::Array(records).to_string())
             .execute(&mut *tx)
             .await?;
-        let checkpoint = sqlx::query(
-            "UPDATE jobs SET progress = $3, heartbeat_at = now() \
-             WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(progress)
-        .execute(&mut *tx)
-        .await?;
+        // The checkpoint is a heartbeat with progress, in the same transaction.
+        let checkpoint = statements::heartbeat::<Postgres>(id, worker, Some(progress))
+            .build()
+            .execute(&mut *tx)
+            .await?;
         if checkpoint.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(false);

@@ -18,8 +18,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::{
-    CONNECT_TIMEOUT, Claim, ROW, Result, Store, TextRow, before_run, claimed, claimed_as,
-    claimed_columns, done_ids, each_row, inserts, json_ids, probe, storable,
+    CONNECT_TIMEOUT, Claim, ImportBatch, ROW, Result, Store, TextRow, before_run, claimed,
+    claimed_as, claimed_columns, done_ids, each_row, inserts, json_ids, probe, storable,
 };
 use crate::job::{
     ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
@@ -352,15 +352,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn import_batch(
-        &self,
-        id: i64,
-        worker: &str,
-        table: &str,
-        columns: &[String],
-        rows: &[TextRow],
-        progress: &str,
-    ) -> Result<bool> {
+    async fn import_batch(&self, batch: &ImportBatch<'_>) -> Result<bool> {
+        let ImportBatch {
+            id,
+            worker,
+            table,
+            columns,
+            rows,
+            progress,
+        } = *batch;
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads first may
         // find another writer in the way when it upgrades, and fail instead of waiting.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -368,16 +368,11 @@ impl Store for SqliteStore {
         for mut insert in inserts(table, columns, rows, double_quoted, 32_000) {
             insert.build().execute(&mut *tx).await?;
         }
-        let checkpoint = sqlx::query(
-            "UPDATE jobs SET progress = ?3, heartbeat_at = ?4 \
-             WHERE id = ?1 AND status = 'RUNNING' AND worker = ?2",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(progress)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
+        // The checkpoint is a heartbeat with progress, in the same transaction.
+        let checkpoint = statements::heartbeat::<Sqlite>(id, worker, Some(progress))
+            .build()
+            .execute(&mut *tx)
+            .await?;
         if checkpoint.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(false);
