@@ -79,8 +79,9 @@ impl Daemon {
             dead_after = ?config.dead_after,
             "jobsd started"
         );
+        // A least-privilege user may not write it; the claims apply the limit all the same.
         if let Err(error) = self.store.limit_payloads(config.max_payload_bytes).await {
-            tracing::warn!(%error, "could not set the database's payload limit");
+            tracing::info!(%error, "jobsd_limits not updated");
         }
         let consumers = usize::try_from(config.consumers).unwrap_or(usize::MAX);
         let liveness_file = config.liveness_file();

@@ -171,12 +171,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn drop_scratch(&self, name: &str) -> Result<()>;
 
-    /// Makes the database refuse, at INSERT, a `kind`, `payload` or `progress` over
-    /// `max_bytes`, where it shares the replica's memory (SQLite): there, any change of such a
-    /// row would load it whole. Elsewhere a claim fails such a row without fetching the value.
-    async fn limit_payloads(&self, _max_bytes: u64) -> Result<()> {
-        Ok(())
-    }
+    /// Records `max_bytes` in `jobsd_limits`, so that users read with SQL the limit the replicas
+    /// apply. SQLite, which shares the replica's memory, refuses a larger `kind`, `payload` or
+    /// `progress` at INSERT by it: there, any change of such a row would load it whole.
+    /// Elsewhere a claim fails such a row without fetching the value.
+    async fn limit_payloads(&self, max_bytes: u64) -> Result<()>;
 
     /// Wakes the publishers in `wakes` when jobs are inserted or control requests written,
     /// until `stop`. Backends that cannot be told return at once, and the publishers poll.

@@ -313,6 +313,12 @@ impl Store for MySqlStore {
         Ok(())
     }
 
+    async fn limit_payloads(&self, max_bytes: u64) -> Result<()> {
+        let mut query = statements::limit_payloads::<MySql>(max_bytes);
+        query.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn insert(&self, job: &NewJob) -> Result<i64> {
         let done = sqlx::query(
             "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \

@@ -99,6 +99,12 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn limit_payloads(&self, max_bytes: u64) -> Result<()> {
+        let mut query = statements::limit_payloads::<Postgres>(max_bytes);
+        query.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn insert(&self, job: &NewJob) -> Result<i64> {
         sqlx::query_scalar(
             "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \

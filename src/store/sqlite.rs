@@ -161,10 +161,8 @@ impl Store for SqliteStore {
     }
 
     async fn limit_payloads(&self, max_bytes: u64) -> Result<()> {
-        sqlx::query("UPDATE jobsd_limits SET max_payload_bytes = ?1")
-            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await?;
+        let mut query = statements::limit_payloads::<Sqlite>(max_bytes);
+        query.build().execute(&self.pool).await?;
         Ok(())
     }
 

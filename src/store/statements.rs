@@ -203,6 +203,17 @@ where
     query
 }
 
+/// [`Store::limit_payloads`](super::Store::limit_payloads).
+pub(super) fn limit_payloads<'a, DB>(max_bytes: u64) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new("UPDATE jobsd_limits SET max_payload_bytes = ");
+    query.push_bind(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+    query
+}
+
 /// [`Store::mark_started`](super::Store::mark_started): QUEUED by `worker` → RUNNING, one more
 /// attempt.
 pub(super) fn mark_started<'a, DB>(id: i64, worker: &str) -> QueryBuilder<'a, DB>

@@ -27,6 +27,7 @@ crate::on_every_backend!(
     any_reason_is_stored_shortened_and_clean,
     a_row_written_as_running_by_a_user_is_found_dead,
     control_requests_page_past_those_that_wait,
+    the_payload_limit_is_recorded_for_users_to_read,
 );
 
 /// What only SQLite needs: its columns take a value of any type unless told otherwise.
@@ -950,4 +951,20 @@ async fn rows_of_the_wrong_type_from_before_end_unfit(db: TestDb) {
         "{reasons:?}"
     );
     assert_eq!(reasons[3], None);
+}
+
+async fn the_payload_limit_is_recorded_for_users_to_read(db: TestDb) {
+    let read = async || -> i64 {
+        let pool = db.sql().await;
+        let limit = sqlx::query_scalar("SELECT max_payload_bytes FROM jobsd_limits")
+            .fetch_one(&pool)
+            .await
+            .expect("one row of limits");
+        pool.close().await;
+        limit
+    };
+    assert_eq!(read().await, 1 << 20, "the default, as migrated");
+    let store = db.store().await;
+    store.limit_payloads(5 << 20).await.expect("recorded");
+    assert_eq!(read().await, 5 << 20);
 }
