@@ -153,11 +153,12 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     if let Command::Health { ready, max_age } = command {
-        return if ready {
-            readiness(&config.health_file, max_age)
+        let file = if ready {
+            config.health_file.clone()
         } else {
-            liveness(&config.liveness_file(), max_age)
+            config.liveness_file()
         };
+        return probe(&file, max_age, ready);
     }
     let store = store::connect(&config.database_url, config.pool_size()).await?;
     let database = store::redact(&config.database_url);
@@ -237,43 +238,38 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The liveness probe: the daemon rewrites `file` every second, whatever the database does, so
-/// an old file means its loops have stopped turning (or it is not running).
-fn liveness(file: &Path, max_age: Duration) -> anyhow::Result<()> {
+/// A probe reads the age of a file the daemon rewrites: the liveness file every second,
+/// whatever the database does, so an old one means its loops have stopped turning; the
+/// readiness file after every pass that reached the database, so an old one means the database
+/// has not answered for `max_age` (or the loops stopped).
+fn probe(file: &Path, max_age: Duration, ready: bool) -> anyhow::Result<()> {
+    let (missing, stale, fine) = if ready {
+        (
+            "not ready: no pass has reached the database",
+            "not ready: the database last answered",
+            "ready: the database answered",
+        )
+    } else {
+        (
+            "no sign of life",
+            "the loops have stopped: last sign of life",
+            "alive: last sign of life",
+        )
+    };
     let age = age(file).map_err(|e| {
         anyhow::anyhow!(
-            "no sign of life at {} ({e}); is `jobsd run` running?",
+            "{missing} ({}: {e}); is `jobsd run` running?",
             file.display()
         )
     })?;
     if age > max_age {
         anyhow::bail!(
-            "last sign of life {} ago, more than {}: the loops have stopped",
+            "{stale} {} ago, more than {}",
             seconds(age),
             humantime::format_duration(max_age)
         );
     }
-    println!("alive: last sign of life {} ago", seconds(age));
-    Ok(())
-}
-
-/// The readiness probe: the daemon rewrites `file` after every pass that reached the database,
-/// so an old file means the database has not answered for `max_age` (or the loops stopped).
-fn readiness(file: &Path, max_age: Duration) -> anyhow::Result<()> {
-    let age = age(file).map_err(|e| {
-        anyhow::anyhow!(
-            "not ready: no pass has reached the database ({}: {e}); is `jobsd run` running?",
-            file.display()
-        )
-    })?;
-    if age > max_age {
-        anyhow::bail!(
-            "not ready: the database last answered {} ago, more than {}",
-            seconds(age),
-            humantime::format_duration(max_age)
-        );
-    }
-    println!("ready: the database answered {} ago", seconds(age));
+    println!("{fine} {} ago", seconds(age));
     Ok(())
 }
 

@@ -65,8 +65,9 @@ pub(super) fn claimed_columns(size: fn(&str) -> String, max: &str) -> String {
     )
 }
 
-/// Decodes one claimed row, each on its own. A value that does not decode, or a text over `max_bytes`, makes
-/// the job unfit to run rather than failing the claim: the other rows of the batch run.
+/// Decodes one claimed row, each on its own. A value that does not decode, or a text over
+/// `max_bytes`, makes the job unfit to run rather than failing the claim: the other rows of the
+/// batch run.
 pub(super) fn claimed<R>(row: &R, max_bytes: u64) -> Result<ClaimedJob>
 where
     R: sqlx::Row,
@@ -78,8 +79,9 @@ where
     // The id always decodes (an integer key); without it the row could not even be failed.
     let id: i64 = row.try_get("id")?;
     let mut unfit = Vec::new();
-    let mut get = |column: &str| -> Option<String> {
-        let bytes = match row.try_get::<Option<i64>, _>(format!("{column}_bytes").as_str()) {
+    // Each text column with the column of its size beside it (see `claimed_columns`).
+    let mut get = |column: &str, size: &str| -> Option<String> {
+        let bytes = match row.try_get::<Option<i64>, _>(size) {
             Ok(bytes) => bytes,
             Err(error) => {
                 unfit.push(format!("the size of {column} cannot be read: {error}"));
@@ -102,9 +104,9 @@ where
             },
         }
     };
-    let kind = get("kind").unwrap_or_default();
-    let payload = get("payload");
-    let progress = get("progress");
+    let kind = get("kind", "kind_bytes").unwrap_or_default();
+    let payload = get("payload", "payload_bytes");
+    let progress = get("progress", "progress_bytes");
     let number = |column: &str, unfit: &mut Vec<String>| -> Option<i64> {
         match row.try_get::<Option<i64>, _>(column) {
             Ok(value) => value,

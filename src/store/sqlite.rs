@@ -143,9 +143,9 @@ impl Dialect for Sqlite {
 }
 
 impl SqliteStore {
-    /// Runs the state change `build` makes; how many rows it changed.
-    async fn change<'q>(&self, build: impl Fn() -> QueryBuilder<'q, Sqlite>) -> Result<u64> {
-        Ok(build().build().execute(&self.pool).await?.rows_affected())
+    /// Runs a state change; how many rows it changed.
+    async fn change(&self, mut query: QueryBuilder<'_, Sqlite>) -> Result<u64> {
+        Ok(query.build().execute(&self.pool).await?.rows_affected())
     }
 }
 
@@ -208,27 +208,27 @@ impl Store for SqliteStore {
     }
 
     async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-        self.change(|| statements::mark_started(id, worker))
+        self.change(statements::mark_started(id, worker))
             .await
             .map(|changed| changed == 1)
     }
 
     async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool> {
-        self.change(|| statements::heartbeat(id, worker, progress))
+        self.change(statements::heartbeat(id, worker, progress))
             .await
             .map(|changed| changed == 1)
     }
 
     async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
         let from = (Status::Running, Status::Paused, Control::Pause);
-        self.change(|| statements::hand_over(id, worker, from.0, from.1, from.2))
+        self.change(statements::hand_over(id, worker, from.0, from.1, from.2))
             .await
             .map(|changed| changed == 1)
     }
 
     async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
         let from = (Status::Paused, Status::Running, Control::Resume);
-        self.change(|| statements::hand_over(id, worker, from.0, from.1, from.2))
+        self.change(statements::hand_over(id, worker, from.0, from.1, from.2))
             .await
             .map(|changed| changed == 1)
     }
@@ -283,15 +283,14 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        self.change(|| statements::release(worker, id)).await
+        self.change(statements::release(worker, id)).await
     }
 
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
-        self.change(|| statements::touch::<Sqlite>(worker, ids))
-            .await
+        self.change(statements::touch::<Sqlite>(worker, ids)).await
     }
 
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
@@ -305,7 +304,7 @@ impl Store for SqliteStore {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool> {
-        self.change(|| statements::settle_dead(job, dead_after, how))
+        self.change(statements::settle_dead(job, dead_after, how))
             .await
             .map(|changed| changed == 1)
     }
@@ -332,13 +331,13 @@ impl Store for SqliteStore {
         if !action.writes() {
             return Ok(false);
         }
-        self.change(|| statements::apply_control(request, action))
+        self.change(statements::apply_control(request, action))
             .await
             .map(|changed| changed == 1)
     }
 
     async fn request(&self, id: i64, control: Control) -> Result<bool> {
-        self.change(|| statements::request(id, control))
+        self.change(statements::request(id, control))
             .await
             .map(|changed| changed == 1)
     }
