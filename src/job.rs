@@ -193,79 +193,31 @@ pub struct ClaimedJob {
     pub unfit: Option<String>,
 }
 
-/// A whole row, for people reading the table (`jobsd status`, `jobsd demo`) and for tests.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRow {
-    pub id: i64,
-    pub kind: String,
-    pub object_id: Option<i64>,
-    pub sleep: Option<i64>,
-    pub status: Status,
-    pub created_at: DateTime<Utc>,
-    pub run_at: DateTime<Utc>,
-    pub queued_at: Option<DateTime<Utc>>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub cancelled_at: Option<DateTime<Utc>>,
-    pub heartbeat_at: Option<DateTime<Utc>>,
-    pub attempts: i32,
-    pub max_attempts: i32,
-    pub last_error: Option<String>,
-    pub control: Option<String>,
-    pub progress: Option<String>,
-    pub worker: Option<String>,
-}
-
-/// The `status` column of `row`.
-fn status_in<'r, R>(row: &'r R) -> Result<Status, sqlx::Error>
-where
-    R: sqlx::Row,
-    &'r str: sqlx::ColumnIndex<R>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let status: String = row.try_get("status")?;
-    status
-        .parse()
-        .map_err(|error: UnknownStatus| sqlx::Error::Decode(error.into()))
-}
-
-/// Read leniently: a row a user wrote with a value of the wrong type (SQLite rows from before
-/// its type checks) is still shown, that value as NULL (a count as 0), and its `last_error` says
-/// what was wrong once it has been claimed. Only the id, status and times must be readable.
-impl<'r, R> sqlx::FromRow<'r, R> for JobRow
-where
-    R: sqlx::Row,
-    &'r str: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        let status = status_in(row)?;
-        let text = |column| row.try_get::<Option<String>, _>(column).ok().flatten();
-        let number = |column| row.try_get::<Option<i64>, _>(column).ok().flatten();
-        let count = |column| row.try_get::<i32, _>(column).unwrap_or_default();
-        Ok(JobRow {
-            id: row.try_get("id")?,
-            kind: text("kind").unwrap_or_default(),
-            object_id: number("object_id"),
-            sleep: number("sleep"),
-            status,
-            created_at: row.try_get("created_at")?,
-            run_at: row.try_get("run_at")?,
-            queued_at: row.try_get("queued_at")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-            cancelled_at: row.try_get("cancelled_at")?,
-            heartbeat_at: row.try_get("heartbeat_at")?,
-            attempts: count("attempts"),
-            max_attempts: count("max_attempts"),
-            last_error: text("last_error"),
-            control: text("control"),
-            progress: text("progress"),
-            worker: text("worker"),
-        })
+crate::row::table_row! {
+    /// A whole row, for people reading the table (`jobsd status`, `jobsd demo`) and for tests,
+    /// read leniently ([`crate::row`]): a row a user wrote with a value of the wrong type (SQLite
+    /// rows from before its type checks) is still shown, and its `last_error` says what was
+    /// wrong once it has been claimed.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct JobRow {
+        pub id: i64,
+        pub kind: String,
+        pub object_id: Option<i64>,
+        pub sleep: Option<i64>,
+        pub status: Status,
+        pub created_at: DateTime<Utc>,
+        pub run_at: DateTime<Utc>,
+        pub queued_at: Option<DateTime<Utc>>,
+        pub started_at: Option<DateTime<Utc>>,
+        pub finished_at: Option<DateTime<Utc>>,
+        pub cancelled_at: Option<DateTime<Utc>>,
+        pub heartbeat_at: Option<DateTime<Utc>>,
+        pub attempts: i32,
+        pub max_attempts: i32,
+        pub last_error: Option<String>,
+        pub control: Option<String>,
+        pub progress: Option<String>,
+        pub worker: Option<String>,
     }
 }
 
@@ -312,7 +264,7 @@ where
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        let status = status_in(row)?;
+        let status = <Status as crate::row::Column<R>>::read(row, "status")?;
         let (attempts, max_attempts) = match (row.try_get("attempts"), row.try_get("max_attempts"))
         {
             (Ok(attempts), Ok(max_attempts)) => (attempts, max_attempts),

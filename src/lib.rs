@@ -33,6 +33,7 @@ mod held;
 pub mod job;
 mod publisher;
 mod replica;
+mod row;
 pub mod store;
 pub mod table;
 

@@ -10,6 +10,7 @@ mod files;
 mod mysql;
 mod postgres;
 mod secrets;
+mod sql;
 mod sqlite;
 mod statements;
 
@@ -29,27 +30,26 @@ use crate::job::{
 
 pub use claim::Claim;
 use claim::{ATTEMPT_BACK, NEXT_ATTEMPT, before_run, claimed, claimed_as, claimed_columns};
-use files::{ExportDialect, backticked, column_list, double_quoted, export_sql, inserts, text_row};
 pub use files::{ImportBatch, is_identifier};
-pub use mysql::MySqlStore;
-pub use postgres::PostgresStore;
 pub use secrets::{redact, scrub, scrub_all, secrets};
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
 
 pub type Result<T> = std::result::Result<T, sqlx::Error>;
 
 /// A table row as text fields, `None` for NULL: how the file kinds move data.
 pub type TextRow = Vec<Option<String>>;
 
-/// The database operations of jobsd. Methods that change a job return whether they won: `false`
-/// means the row was not in the expected state (another replica or the canceller got there
-/// first), which callers treat as a normal outcome, not an error.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Applies pending migrations under the backend's migration lock, so replicas starting
-    /// together neither fail nor apply a migration twice.
-    async fn migrate(&self) -> Result<()>;
+/// The database operations of jobsd, by duty. Methods that change a job return whether they
+/// won: `false` means the row was not in the expected state (another replica or the canceller
+/// got there first), which callers treat as a normal outcome, not an error.
+pub trait Store: Lifecycle + Controls + Files + Inspect + Schema + 'static {}
 
+impl<T: Lifecycle + Controls + Files + Inspect + Schema + 'static> Store for T {}
+
+/// A job's way from NEW to its end, as the replica that holds it, or the sweep for dead jobs,
+/// writes it.
+#[async_trait]
+pub trait Lifecycle: Send + Sync {
     /// Inserts one job with the table's defaults for whatever `job` leaves out.
     async fn insert(&self, job: &NewJob) -> Result<i64>;
 
@@ -75,13 +75,6 @@ pub trait Store: Send + Sync + 'static {
     /// terminated), so the task should stop.
     async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool>;
 
-    /// RUNNING by `worker` → PAUSED, clearing the request; its task then waits. Only the request
-    /// carried out is cleared: a terminate written meanwhile must stay.
-    async fn pause(&self, id: i64, worker: &str) -> Result<bool>;
-
-    /// PAUSED by `worker` → RUNNING, clearing the request; the dead-clock starts again.
-    async fn resume(&self, id: i64, worker: &str) -> Result<bool>;
-
     /// Records the outcomes of jobs `worker` ran, all or none: RUNNING → DONE, FAILED, or back
     /// to NEW for a retry. Returns the ids it changed; a job missing from them was settled
     /// elsewhere first (cancelled as dead, terminated). One call writes a whole batch, so a busy
@@ -99,6 +92,9 @@ pub trait Store: Send + Sync + 'static {
     /// written), so that a live replica's jobs are never mistaken for those of a dead one.
     async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64>;
 
+    /// Of the jobs this worker is running or holds paused, those that are no longer so.
+    async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>>;
+
     /// QUEUED and RUNNING jobs of any worker whose last sign of life (`heartbeat_at`, else
     /// `started_at`, else `queued_at`) is older than `dead_after`.
     async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>>;
@@ -110,9 +106,17 @@ pub trait Store: Send + Sync + 'static {
         dead_after: Duration,
         how: &Settlement,
     ) -> Result<bool>;
+}
 
-    /// Of the jobs this worker is running or holds paused, those that are no longer so.
-    async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>>;
+/// The `control` requests users write, and what carries them out.
+#[async_trait]
+pub trait Controls: Send + Sync {
+    /// RUNNING by `worker` → PAUSED, clearing the request; its task then waits. Only the request
+    /// carried out is cleared: a terminate written meanwhile must stay.
+    async fn pause(&self, id: i64, worker: &str) -> Result<bool>;
+
+    /// PAUSED by `worker` → RUNNING, clearing the request; the dead-clock starts again.
+    async fn resume(&self, id: i64, worker: &str) -> Result<bool>;
 
     /// Jobs with a pending `control` request and an id above `after`, in id order; `silent`
     /// says whether the holder has vouched for the row within `dead_after`. Callers page
@@ -131,7 +135,11 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a control request, exactly as `UPDATE jobs SET control = … WHERE id = …` would;
     /// `false` if there is no such job.
     async fn request(&self, id: i64, control: Control) -> Result<bool>;
+}
 
+/// What the file kinds read and write: users' own tables.
+#[async_trait]
+pub trait Files: Send + Sync {
     /// The column names of `table`, in order; empty if there is no such table. A name may hold
     /// any character the database allows: every query quotes it.
     async fn columns(&self, table: &str) -> Result<Vec<String>>;
@@ -151,7 +159,11 @@ pub trait Store: Send + Sync + 'static {
         columns: &'a [String],
         day: chrono::NaiveDate,
     ) -> BoxStream<'a, Result<TextRow>>;
+}
 
+/// Reading the table for people, and filling it for benchmarks.
+#[async_trait]
+pub trait Inspect: Send + Sync {
     /// Whole rows for people and tests: the given ids, or else the newest `limit` rows.
     async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>>;
 
@@ -170,6 +182,14 @@ pub trait Store: Send + Sync + 'static {
     async fn create_scratch(&self, url: &str, name: &str) -> Result<String>;
 
     async fn drop_scratch(&self, name: &str) -> Result<()>;
+}
+
+/// The schema, the limits users read in it, and the notifications its triggers send.
+#[async_trait]
+pub trait Schema: Send + Sync {
+    /// Applies pending migrations under the backend's migration lock, so replicas starting
+    /// together neither fail nor apply a migration twice.
+    async fn migrate(&self) -> Result<()>;
 
     /// Records `max_bytes` in `jobsd_limits`, so that users read with SQL the limit the replicas
     /// apply. SQLite, which shares the replica's memory, refuses a larger `kind`, `payload` or
@@ -179,7 +199,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Wakes the publishers in `wakes` when jobs are inserted or control requests written,
     /// until `stop`. Backends that cannot be told return at once, and the publishers poll.
-    async fn watch(&self, _wakes: Wakes, _stop: CancellationToken) {}
+    async fn watch(&self, wakes: Wakes, stop: CancellationToken);
 }
 
 /// The publishers a database notification can wake.
@@ -239,7 +259,7 @@ pub async fn connect(
         "postgres" | "postgresql" => {
             let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(bad)?;
             Arc::new(
-                PostgresStore::connect(options, pool_size)
+                postgres::connect(options, pool_size)
                     .await
                     .map_err(unreachable)?,
             )
@@ -248,7 +268,7 @@ pub async fn connect(
             let url = url.replacen("mariadb:", "mysql:", 1);
             let options = sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(bad)?;
             Arc::new(
-                MySqlStore::connect(options, pool_size)
+                mysql::connect(options, pool_size)
                     .await
                     .map_err(unreachable)?,
             )
@@ -256,7 +276,7 @@ pub async fn connect(
         "sqlite" => {
             let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(bad)?;
             Arc::new(
-                SqliteStore::connect(options, pool_size)
+                sqlite::connect(options, pool_size)
                     .await
                     .map_err(unreachable)?,
             )
@@ -352,11 +372,6 @@ fn done_ids(outcomes: &[(i64, Outcome)]) -> Vec<i64> {
         .map(|(id, _)| *id)
         .collect()
 }
-
-/// The columns of [`JobRow`], in every dialect.
-const ROW: &str = "id, kind, object_id, sleep, status, created_at, run_at, queued_at, started_at, \
-                   finished_at, cancelled_at, heartbeat_at, attempts, max_attempts, last_error, control, \
-                   progress, worker";
 
 /// Why a terminated job was cancelled, in its `last_error`.
 pub const TERMINATED: &str = "terminated on request";

@@ -4,25 +4,19 @@
 
 use std::time::Duration;
 
-use super::statements::{self, Clock, Dialect};
-use super::{ExportDialect, double_quoted, export_sql, status_counts, text_row, with_database};
-use crate::job::Status;
-use async_stream::try_stream;
 use async_trait::async_trait;
-use futures_util::TryStreamExt;
-use futures_util::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
+use super::files::{ExportDialect, column_list, double_quoted};
+use super::sql::{Backend, SqlStore};
+use super::statements::{self, Clock, Dialect};
 use super::{
-    CONNECT_TIMEOUT, Claim, ImportBatch, ROW, Result, Store, TextRow, Wakes, before_run, claimed,
-    claimed_as, claimed_columns, column_list, done_ids, each_row, micros, probe, storable,
+    CONNECT_TIMEOUT, Claim, ImportBatch, Result, Wakes, before_run, claimed, claimed_as,
+    claimed_columns, done_ids, micros, probe, with_database,
 };
-use crate::job::{
-    ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
-    Settlement,
-};
+use crate::job::{ClaimedJob, NewJob, Outcome};
 
 /// The channel the migration's trigger notifies on every INSERT statement.
 const NEW_JOBS_CHANNEL: &str = "jobsd_new_jobs";
@@ -38,21 +32,16 @@ const EXPORT: ExportDialect = ExportDialect {
     until: "$2",
 };
 
-pub struct PostgresStore {
-    pool: PgPool,
-}
-
-impl PostgresStore {
-    pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<Self> {
-        let options = options.application_name("jobsd");
-        probe(&options).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(pool_size)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(options)
-            .await?;
-        Ok(PostgresStore { pool })
-    }
+/// Opens a pool of at most `pool_size` connections.
+pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlStore<Postgres>> {
+    let options = options.application_name("jobsd");
+    probe(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await?;
+    Ok(SqlStore { pool })
 }
 
 /// The database's clock, and microseconds bound as a number (a replica's clock may disagree).
@@ -82,30 +71,23 @@ impl Dialect for Postgres {
     }
 }
 
-impl PostgresStore {
-    /// Runs a state change; whether it changed a row.
-    async fn change(&self, mut query: QueryBuilder<'_, Postgres>) -> Result<bool> {
-        Ok(query.build().execute(&self.pool).await?.rows_affected() == 1)
-    }
-}
-
 #[async_trait]
-impl Store for PostgresStore {
-    async fn migrate(&self) -> Result<()> {
+impl Backend for Postgres {
+    const EXPORT: ExportDialect = EXPORT;
+
+    type Day = chrono::NaiveDate;
+
+    fn day(day: chrono::NaiveDate) -> Self::Day {
+        day
+    }
+
+    async fn migrate(pool: &PgPool) -> Result<()> {
         // sqlx holds an advisory lock for the whole run, so concurrent replicas take turns.
-        sqlx::migrate!("migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        sqlx::migrate!("migrations/postgres").run(pool).await?;
         Ok(())
     }
 
-    async fn limit_payloads(&self, max_bytes: u64) -> Result<()> {
-        let mut query = statements::limit_payloads::<Postgres>(max_bytes);
-        query.build().execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn insert(&self, job: &NewJob) -> Result<i64> {
+    async fn insert(pool: &PgPool, job: &NewJob) -> Result<i64> {
         sqlx::query_scalar(
             "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \
              VALUES (COALESCE($1, 'sleep'), $2, $3, $4, COALESCE($5, 1), COALESCE($6, now())) RETURNING id",
@@ -116,11 +98,11 @@ impl Store for PostgresStore {
         .bind(&job.payload)
         .bind(job.max_attempts)
         .bind(job.run_at)
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await
     }
 
-    async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
+    async fn claim(pool: &PgPool, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
         // octet_length of a TOASTed value reads its size, not the value.
         let sql = format!(
             "UPDATE jobs SET {}, queued_at = now(), worker = $1, heartbeat_at = NULL \
@@ -137,7 +119,7 @@ impl Store for PostgresStore {
             .bind(claim.worker)
             .bind(i64::from(claim.limit))
             .bind(i64::try_from(claim.max_bytes).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await?;
         Ok(before_run(
             rows.iter()
@@ -147,28 +129,7 @@ impl Store for PostgresStore {
         ))
     }
 
-    async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-        self.change(statements::mark_started(id, worker)).await
-    }
-
-    async fn heartbeat(&self, id: i64, worker: &str, progress: Option<&str>) -> Result<bool> {
-        self.change(statements::heartbeat(id, worker, progress))
-            .await
-    }
-
-    async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
-        let from = (Status::Running, Status::Paused, Control::Pause);
-        self.change(statements::hand_over(id, worker, from.0, from.1, from.2))
-            .await
-    }
-
-    async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
-        let from = (Status::Paused, Status::Running, Control::Resume);
-        self.change(statements::hand_over(id, worker, from.0, from.1, from.2))
-            .await
-    }
-
-    async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
+    async fn finish(pool: &PgPool, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
         // The DONE jobs in one statement, found by key; the rare failures one each, in the same
         // transaction when there are any. (A single statement joined with arrays of outcomes
         // was tried: its generic plan compares every row with every outcome.)
@@ -182,35 +143,19 @@ impl Store for PostgresStore {
             .bind(worker)
         };
         if done.len() == outcomes.len() {
-            return finish_done().fetch_all(&self.pool).await;
+            return finish_done().fetch_all(pool).await;
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = pool.begin().await?;
         let mut won: Vec<i64> = if done.is_empty() {
             Vec::new()
         } else {
             finish_done().fetch_all(&mut *tx).await?
         };
         for (id, outcome) in outcomes {
-            let query = match outcome {
-                Outcome::Done => continue,
-                Outcome::Failed { reason } => sqlx::query(
-                    "UPDATE jobs SET status = 'FAILED', finished_at = now(), last_error = $3 \
-                     WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
-                )
-                .bind(id)
-                .bind(worker)
-                .bind(storable(reason)),
-                Outcome::Retry { backoff, reason } => sqlx::query(
-                    "UPDATE jobs SET status = 'NEW', run_at = now() + $3 * interval '1 microsecond', \
-                     last_error = $4, worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-                     WHERE id = $1 AND status = 'RUNNING' AND worker = $2",
-                )
-                .bind(id)
-                .bind(worker)
-                .bind(micros(*backoff))
-                .bind(storable(reason)),
+            let Some(mut query) = statements::settle_outcome(*id, worker, outcome) else {
+                continue;
             };
-            if query.execute(&mut *tx).await?.rows_affected() == 1 {
+            if query.build().execute(&mut *tx).await?.rows_affected() == 1 {
                 won.push(*id);
             }
         }
@@ -218,82 +163,22 @@ impl Store for PostgresStore {
         Ok(won)
     }
 
-    async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-        let mut query = statements::release::<Postgres>(worker, id);
-        Ok(query.build().execute(&self.pool).await?.rows_affected())
-    }
-
-    async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let mut query = statements::touch::<Postgres>(worker, ids);
-        Ok(query.build().execute(&self.pool).await?.rows_affected())
-    }
-
-    async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
-        let mut query = statements::find_dead::<Postgres>(dead_after, limit);
-        Ok(each_row(&query.build().fetch_all(&self.pool).await?))
-    }
-
-    async fn settle_dead(
-        &self,
-        job: &DeadJob,
-        dead_after: Duration,
-        how: &Settlement,
-    ) -> Result<bool> {
-        self.change(statements::settle_dead(job, dead_after, how))
-            .await
-    }
-
-    async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {
-        if running.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut query = statements::lost::<Postgres>(worker, running);
-        query.build_query_scalar().fetch_all(&self.pool).await
-    }
-
-    async fn find_controls(
-        &self,
-        dead_after: Duration,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<ControlRequest>> {
-        let mut query = statements::find_controls::<Postgres>(dead_after, after, limit);
-        Ok(each_row(&query.build().fetch_all(&self.pool).await?))
-    }
-
-    async fn apply_control(&self, request: &ControlRequest, action: ControlAction) -> Result<bool> {
-        if !action.writes() {
-            return Ok(false);
-        }
-        self.change(statements::apply_control(request, action))
-            .await
-    }
-
-    async fn request(&self, id: i64, control: Control) -> Result<bool> {
-        self.change(statements::request(id, control)).await
-    }
-
-    async fn columns(&self, table: &str) -> Result<Vec<String>> {
+    async fn columns(pool: &PgPool, table: &str) -> Result<Vec<String>> {
         sqlx::query_scalar(
             "SELECT column_name::text FROM information_schema.columns \
              WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
         )
         .bind(table)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
     }
 
-    async fn import_batch(&self, batch: &ImportBatch<'_>) -> Result<bool> {
+    async fn insert_rows(connection: &mut PgConnection, batch: &ImportBatch<'_>) -> Result<()> {
         let ImportBatch {
-            id,
-            worker,
             table,
             columns,
             rows,
-            progress,
+            ..
         } = *batch;
         // One parameter for the whole batch: json_populate_recordset reads each text field with
         // its column type's input function, as COPY would.
@@ -312,64 +197,14 @@ impl Store for PostgresStore {
                 serde_json::Value::Object(fields.collect())
             })
             .collect();
-        let mut tx = self.pool.begin().await?;
         sqlx::query(&sql)
             .bind(serde_json::Value::Array(records).to_string())
-            .execute(&mut *tx)
+            .execute(connection)
             .await?;
-        // The checkpoint is a heartbeat with progress, in the same transaction.
-        let checkpoint = statements::heartbeat::<Postgres>(id, worker, Some(progress))
-            .build()
-            .execute(&mut *tx)
-            .await?;
-        if checkpoint.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
-    fn export_day<'a>(
-        &'a self,
-        table: &'a str,
-        date_column: &'a str,
-        columns: &'a [String],
-        day: chrono::NaiveDate,
-    ) -> BoxStream<'a, Result<TextRow>> {
-        let sql = export_sql(table, date_column, columns, &EXPORT);
-        Box::pin(try_stream! {
-            let mut rows = sqlx::query(&sql)
-                .bind(day)
-                .bind(day + chrono::Days::new(1))
-                .fetch(&self.pool);
-            while let Some(row) = rows.try_next().await? {
-                yield text_row(&row)?;
-            }
-        })
-    }
-
-    async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
-        let sql = format!(
-            "SELECT {ROW} FROM (SELECT * FROM jobs WHERE cardinality($1::BIGINT[]) = 0 OR id = ANY($1) \
-             ORDER BY id DESC LIMIT $2) newest ORDER BY id"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(ids)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(each_row(&rows))
-    }
-
-    async fn counts(&self) -> Result<Vec<(Status, i64)>> {
-        let rows = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?;
-        status_counts(rows)
-    }
-
-    async fn insert_many(&self, count: u32, nanos: i64, done: bool) -> Result<()> {
+    async fn insert_many(pool: &PgPool, count: u32, nanos: i64, done: bool) -> Result<()> {
         sqlx::query(
             "INSERT INTO jobs (sleep, status, finished_at) \
              SELECT $2, CASE WHEN $3 THEN 'DONE' ELSE 'NEW' END, CASE WHEN $3 THEN now() END \
@@ -378,16 +213,16 @@ impl Store for PostgresStore {
         .bind(i64::from(count))
         .bind(nanos)
         .bind(done)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
     }
 
-    async fn statements(&self) -> Result<Option<u64>> {
+    async fn statements(pool: &PgPool) -> Result<Option<u64>> {
         // Every statement jobsd sends runs in a transaction of its own or of a claim's. A
         // backend reports its counts when it exits or idles; this one's are made to count now
         // (PostgreSQL 15 and later).
-        let mut connection = self.pool.acquire().await?;
+        let mut connection = pool.acquire().await?;
         let _ = sqlx::query("SELECT pg_stat_force_next_flush()")
             .execute(&mut *connection)
             .await;
@@ -399,27 +234,27 @@ impl Store for PostgresStore {
         Ok(u64::try_from(commits).ok())
     }
 
-    async fn create_scratch(&self, url: &str, name: &str) -> Result<String> {
+    async fn create_scratch(pool: &PgPool, url: &str, name: &str) -> Result<String> {
         sqlx::query(&format!("CREATE DATABASE {}", double_quoted(name)))
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
         with_database(url, name)
     }
 
-    async fn drop_scratch(&self, name: &str) -> Result<()> {
+    async fn drop_scratch(pool: &PgPool, name: &str) -> Result<()> {
         sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             double_quoted(name)
         ))
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
     }
 
-    async fn watch(&self, wakes: Wakes, stop: CancellationToken) {
+    async fn watch(pool: &PgPool, wakes: Wakes, stop: CancellationToken) {
         let mut retry = Duration::from_millis(100);
         while !stop.is_cancelled() {
-            match listen(&self.pool, &wakes, &stop).await {
+            match listen(pool, &wakes, &stop).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?retry, "LISTEN failed; polling meanwhile");

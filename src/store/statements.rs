@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::{ATTEMPT_BACK, DEAD, LAST_SIGN, NEXT_ATTEMPT, TERMINATED, storable};
-use crate::job::{Control, ControlAction, ControlRequest, DeadJob, Settlement, Status};
+use crate::job::{
+    Control, ControlAction, ControlRequest, DeadJob, JobRow, Outcome, Settlement, Status,
+};
 
 /// The moment a statement happens, fixed once so that every time it writes is the same one.
 #[derive(Debug, Clone, Copy)]
@@ -339,5 +341,64 @@ where
     query.push_bind(after);
     query.push(" ORDER BY id LIMIT ");
     query.push_bind(i64::from(limit));
+    query
+}
+
+/// [`Store::finish`](super::Store::finish) of one job that did not end DONE: RUNNING by
+/// `worker` → FAILED, or back to NEW after `backoff` for a retry; `None` for DONE, which the
+/// dialects write for a whole batch at once.
+pub(super) fn settle_outcome<'a, DB>(
+    id: i64,
+    worker: &str,
+    outcome: &Outcome,
+) -> Option<QueryBuilder<'a, DB>>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+{
+    let clock = Clock::now();
+    let mut query = QueryBuilder::new("UPDATE jobs SET ");
+    match outcome {
+        Outcome::Done => return None,
+        Outcome::Failed { reason } => {
+            query.push("status = 'FAILED', finished_at = ");
+            DB::push_now(&mut query, clock);
+            query.push(", last_error = ");
+            query.push_bind(storable(reason).into_owned());
+        }
+        Outcome::Retry { backoff, reason } => {
+            query.push("status = 'NEW', run_at = ");
+            DB::push_shifted(&mut query, clock, *backoff, true);
+            query.push(", last_error = ");
+            query.push_bind(storable(reason).into_owned());
+            query.push(", worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL");
+        }
+    }
+    query.push(" WHERE id = ");
+    query.push_bind(id);
+    query.push(" AND status = 'RUNNING' AND worker = ");
+    query.push_bind(worker.to_owned());
+    Some(query)
+}
+
+/// [`Store::rows`](super::Store::rows): the columns of [`JobRow`] for `ids`, or else for the
+/// newest `limit` rows, in id order.
+pub(super) fn rows<'a, DB>(ids: &[i64], limit: u32) -> QueryBuilder<'a, DB>
+where
+    DB: Dialect,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!(
+        "SELECT * FROM (SELECT {} FROM jobs",
+        JobRow::COLUMNS.join(", ")
+    ));
+    if !ids.is_empty() {
+        query.push(" WHERE id ");
+        DB::push_in_ids(&mut query, ids);
+    }
+    query.push(" ORDER BY id DESC LIMIT ");
+    query.push_bind(i64::from(limit));
+    query.push(") newest ORDER BY id");
     query
 }

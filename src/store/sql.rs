@@ -1,0 +1,364 @@
+//! One store for every dialect: [`SqlStore`] over a pool of the dialect's connections. Each
+//! duty is written once here, from the statements in `statements.rs`; a dialect file implements
+//! [`Backend`] with only what truly differs whole (claiming, batched finishing, the INSERT of
+//! a job and of a file's rows, migration locks, notifications, scratch databases). See
+//! ARCHITECTURE.md, "The store".
+//!
+//! The duties are implemented by [`shared_duties!`] for each dialect in turn rather than once
+//! over a type parameter: sqlx's bounds for running a query on any database (its executor, its
+//! argument buffers, each bound and decoded type) would be restated on every impl, and say
+//! nothing the three concrete dialects do not already promise.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{Database, Pool, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use super::files::ExportDialect;
+use super::statements::Dialect;
+use super::{Claim, ImportBatch, Result, Wakes};
+use crate::job::{ClaimedJob, NewJob, Outcome};
+
+/// A store on a pool of `DB` connections.
+pub struct SqlStore<DB: Database> {
+    pub(super) pool: Pool<DB>,
+}
+
+/// What a dialect does its own way, whole. Everything else is shared.
+#[async_trait]
+pub(super) trait Backend: Dialect {
+    /// Text casts, identifier quoting and the bounds of an export's day.
+    const EXPORT: ExportDialect;
+
+    /// A day as the dialect compares it with a date column (SQLite keeps dates as text).
+    type Day: Send + Sync;
+    fn day(day: chrono::NaiveDate) -> Self::Day;
+
+    /// Applies pending migrations, taking turns with replicas starting at the same moment.
+    async fn migrate(pool: &Pool<Self>) -> Result<()>;
+
+    async fn insert(pool: &Pool<Self>, job: &NewJob) -> Result<i64>;
+
+    /// [`super::Lifecycle::claim`].
+    async fn claim(pool: &Pool<Self>, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>>;
+
+    /// [`super::Lifecycle::finish`].
+    async fn finish(
+        pool: &Pool<Self>,
+        worker: &str,
+        outcomes: &[(i64, Outcome)],
+    ) -> Result<Vec<i64>>;
+
+    async fn columns(pool: &Pool<Self>, table: &str) -> Result<Vec<String>>;
+
+    /// A transaction for a write that reads first. SQLite overrides it.
+    async fn begin(pool: &Pool<Self>) -> Result<Transaction<'static, Self>> {
+        pool.begin().await
+    }
+
+    /// Inserts an import batch's rows ([`super::Files::import_batch`] records the checkpoint
+    /// in the same transaction).
+    async fn insert_rows(connection: &mut Self::Connection, batch: &ImportBatch<'_>) -> Result<()>;
+
+    async fn insert_many(pool: &Pool<Self>, count: u32, nanos: i64, done: bool) -> Result<()>;
+
+    async fn statements(pool: &Pool<Self>) -> Result<Option<u64>>;
+
+    async fn create_scratch(pool: &Pool<Self>, url: &str, name: &str) -> Result<String>;
+
+    async fn drop_scratch(pool: &Pool<Self>, name: &str) -> Result<()>;
+
+    /// [`super::Schema::watch`]; dialects that cannot be told return at once.
+    async fn watch(_pool: &Pool<Self>, _wakes: Wakes, _stop: CancellationToken) {}
+}
+
+/// How many times a write that lost a deadlock is tried in all.
+const DEADLOCK_TRIES: u32 = 5;
+
+/// Runs `attempt` again while it loses a deadlock, a few times: the database rolled the loser
+/// back whole, so trying again is safe. Mostly MySQL's: InnoDB settles lock cycles this way.
+pub(super) async fn retry_deadlocks<T, F, Fut>(attempt: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(error) if is_deadlock(&error) && tries < DEADLOCK_TRIES => {
+                tracing::debug!(%error, tries, "lost a deadlock; trying again");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(u64::from(tries) * 5)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// MySQL 1213 (a deadlock victim) and 1205 (gave up waiting for a lock), PostgreSQL 40P01: the
+/// transaction was rolled back.
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    if let Some(error) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(error.number(), 1213 | 1205);
+    }
+    error.code().as_deref() == Some("40P01")
+}
+
+/// The duties of [`super::Store`] for `SqlStore<$db>`, written once.
+macro_rules! shared_duties {
+    ($db:ty) => {
+        impl SqlStore<$db> {
+            /// Runs the state change `build` makes (again, should it lose a deadlock); whether
+            /// it changed a row.
+            async fn change<'q>(
+                &self,
+                build: impl Fn() -> sqlx::QueryBuilder<'q, $db>,
+            ) -> Result<u64> {
+                retry_deadlocks(|| async {
+                    Ok(build().build().execute(&self.pool).await?.rows_affected())
+                })
+                .await
+            }
+
+            async fn won<'q>(
+                &self,
+                build: impl Fn() -> sqlx::QueryBuilder<'q, $db>,
+            ) -> Result<bool> {
+                Ok(self.change(build).await? == 1)
+            }
+        }
+
+        #[async_trait]
+        impl Lifecycle for SqlStore<$db> {
+            async fn insert(&self, job: &NewJob) -> Result<i64> {
+                <$db as Backend>::insert(&self.pool, job).await
+            }
+
+            async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
+                <$db as Backend>::claim(&self.pool, claim).await
+            }
+
+            async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
+                self.won(|| statements::mark_started(id, worker)).await
+            }
+
+            async fn heartbeat(
+                &self,
+                id: i64,
+                worker: &str,
+                progress: Option<&str>,
+            ) -> Result<bool> {
+                self.won(|| statements::heartbeat(id, worker, progress))
+                    .await
+            }
+
+            async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
+                if outcomes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                <$db as Backend>::finish(&self.pool, worker, outcomes).await
+            }
+
+            async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
+                self.change(|| statements::release(worker, id)).await
+            }
+
+            async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                self.change(|| statements::touch(worker, ids)).await
+            }
+
+            async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {
+                if running.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut query = statements::lost::<$db>(worker, running);
+                query.build_query_scalar().fetch_all(&self.pool).await
+            }
+
+            async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
+                let mut query = statements::find_dead::<$db>(dead_after, limit);
+                Ok(each_row(&query.build().fetch_all(&self.pool).await?))
+            }
+
+            async fn settle_dead(
+                &self,
+                job: &DeadJob,
+                dead_after: Duration,
+                how: &Settlement,
+            ) -> Result<bool> {
+                self.won(|| statements::settle_dead(job, dead_after, how))
+                    .await
+            }
+        }
+
+        #[async_trait]
+        impl Controls for SqlStore<$db> {
+            async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
+                let (from, to) = (Status::Running, Status::Paused);
+                self.won(|| statements::hand_over(id, worker, from, to, Control::Pause))
+                    .await
+            }
+
+            async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
+                let (from, to) = (Status::Paused, Status::Running);
+                self.won(|| statements::hand_over(id, worker, from, to, Control::Resume))
+                    .await
+            }
+
+            async fn find_controls(
+                &self,
+                dead_after: Duration,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<ControlRequest>> {
+                let mut query = statements::find_controls::<$db>(dead_after, after, limit);
+                Ok(each_row(&query.build().fetch_all(&self.pool).await?))
+            }
+
+            async fn apply_control(
+                &self,
+                request: &ControlRequest,
+                action: ControlAction,
+            ) -> Result<bool> {
+                if !action.writes() {
+                    return Ok(false);
+                }
+                self.won(|| statements::apply_control(request, action))
+                    .await
+            }
+
+            async fn request(&self, id: i64, control: Control) -> Result<bool> {
+                self.won(|| statements::request(id, control)).await
+            }
+        }
+
+        #[async_trait]
+        impl Files for SqlStore<$db> {
+            async fn columns(&self, table: &str) -> Result<Vec<String>> {
+                <$db as Backend>::columns(&self.pool, table).await
+            }
+
+            async fn import_batch(&self, batch: &ImportBatch<'_>) -> Result<bool> {
+                retry_deadlocks(|| async {
+                    let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                    <$db as Backend>::insert_rows(&mut tx, batch).await?;
+                    // The checkpoint is a heartbeat with progress, in the same transaction.
+                    let checkpoint =
+                        statements::heartbeat::<$db>(batch.id, batch.worker, Some(batch.progress))
+                            .build()
+                            .execute(&mut *tx)
+                            .await?;
+                    if checkpoint.rows_affected() != 1 {
+                        tx.rollback().await?;
+                        return Ok(false);
+                    }
+                    tx.commit().await?;
+                    Ok(true)
+                })
+                .await
+            }
+
+            fn export_day<'a>(
+                &'a self,
+                table: &'a str,
+                date_column: &'a str,
+                columns: &'a [String],
+                day: chrono::NaiveDate,
+            ) -> BoxStream<'a, Result<TextRow>> {
+                let sql = export_sql(table, date_column, columns, &<$db as Backend>::EXPORT);
+                Box::pin(try_stream! {
+                    let mut rows = sqlx::query(&sql)
+                        .bind(<$db as Backend>::day(day))
+                        .bind(<$db as Backend>::day(day + chrono::Days::new(1)))
+                        .fetch(&self.pool);
+                    while let Some(row) = rows.try_next().await? {
+                        yield text_row(&row)?;
+                    }
+                })
+            }
+        }
+
+        #[async_trait]
+        impl Inspect for SqlStore<$db> {
+            async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
+                let mut query = statements::rows::<$db>(ids, limit);
+                Ok(each_row(&query.build().fetch_all(&self.pool).await?))
+            }
+
+            async fn counts(&self) -> Result<Vec<(Status, i64)>> {
+                let rows = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                    .fetch_all(&self.pool)
+                    .await?;
+                status_counts(rows)
+            }
+
+            async fn insert_many(&self, count: u32, nanos: i64, done: bool) -> Result<()> {
+                <$db as Backend>::insert_many(&self.pool, count, nanos, done).await
+            }
+
+            async fn statements(&self) -> Result<Option<u64>> {
+                <$db as Backend>::statements(&self.pool).await
+            }
+
+            async fn create_scratch(&self, url: &str, name: &str) -> Result<String> {
+                <$db as Backend>::create_scratch(&self.pool, url, name).await
+            }
+
+            async fn drop_scratch(&self, name: &str) -> Result<()> {
+                <$db as Backend>::drop_scratch(&self.pool, name).await
+            }
+        }
+
+        #[async_trait]
+        impl Schema for SqlStore<$db> {
+            async fn migrate(&self) -> Result<()> {
+                <$db as Backend>::migrate(&self.pool).await
+            }
+
+            async fn limit_payloads(&self, max_bytes: u64) -> Result<()> {
+                self.change(|| statements::limit_payloads(max_bytes))
+                    .await?;
+                Ok(())
+            }
+
+            async fn watch(&self, wakes: Wakes, stop: CancellationToken) {
+                <$db as Backend>::watch(&self.pool, wakes, stop).await
+            }
+        }
+    };
+}
+
+mod duties {
+    use std::time::Duration;
+
+    use async_stream::try_stream;
+    use async_trait::async_trait;
+    use futures_util::TryStreamExt;
+    use futures_util::stream::BoxStream;
+    use sqlx::{MySql, Postgres, Sqlite};
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::files::{export_sql, text_row};
+    use super::super::{
+        Controls, Files, ImportBatch, Inspect, Lifecycle, Result, Schema, TextRow, Wakes, each_row,
+        statements, status_counts,
+    };
+    use super::{Backend, SqlStore, retry_deadlocks};
+    use crate::job::{
+        ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
+        Settlement, Status,
+    };
+    use crate::store::Claim;
+
+    shared_duties!(Postgres);
+    shared_duties!(MySql);
+    shared_duties!(Sqlite);
+}
