@@ -157,6 +157,27 @@ pub(super) fn unreadable(column: &str, wanted: &str, error: &sqlx::Error) -> Str
     }
 }
 
+/// The rows a claim returned, each decoded on its own ([`claimed`]), as [`before_run`] hands
+/// them over; `started` says whether the claim started them.
+pub(super) fn claimed_rows<R>(
+    rows: &[R],
+    claim: &Claim<'_>,
+    started: bool,
+) -> Result<Vec<ClaimedJob>>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let jobs = rows
+        .iter()
+        .map(|row| claimed(row, claim.max_bytes))
+        .collect::<Result<_>>()?;
+    Ok(before_run(jobs, started))
+}
+
 /// What a claim returns: `attempts` counted before the run, whether or not the claim started it,
 /// oldest first; a job whose attempts were used up before it ran is unfit to run.
 pub(super) fn before_run(mut jobs: Vec<ClaimedJob>, started: bool) -> Vec<ClaimedJob> {

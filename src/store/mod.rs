@@ -29,7 +29,7 @@ use crate::job::{
 };
 
 pub use claim::Claim;
-use claim::{ATTEMPT_BACK, NEXT_ATTEMPT, before_run, claimed, claimed_as, claimed_columns};
+use claim::{ATTEMPT_BACK, NEXT_ATTEMPT, claimed_as, claimed_columns, claimed_rows};
 pub use files::{ImportBatch, is_identifier};
 pub use secrets::{redact, scrub, scrub_all, secrets};
 pub use sql::SqlStore;

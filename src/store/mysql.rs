@@ -12,12 +12,12 @@ use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::files::{ExportDialect, backticked, inserts};
 use super::sql::{Backend, SqlStore, retry_deadlocks};
-use super::statements::{self, Clock, Dialect};
+use super::statements::{Clock, Dialect, Sql};
 use super::{
-    CONNECT_TIMEOUT, Claim, ImportBatch, Result, before_run, claimed, claimed_as, claimed_columns,
-    done_ids, micros, probe, with_database,
+    CONNECT_TIMEOUT, Claim, ImportBatch, Result, claimed_as, claimed_columns, claimed_rows, micros,
+    probe, with_database,
 };
-use crate::job::{ClaimedJob, NewJob, Outcome};
+use crate::job::{ClaimedJob, NewJob};
 
 /// How long a replica waits for another's migrations before it gives up.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
@@ -66,10 +66,8 @@ async fn try_claim(pool: &MySqlPool, claim: &Claim<'_>) -> Result<Vec<ClaimedJob
         .bind(claim.limit)
         .fetch_all(&mut *tx)
         .await?;
-    let jobs: Vec<ClaimedJob> = rows
-        .iter()
-        .map(|row| claimed(row, claim.max_bytes))
-        .collect::<Result<_>>()?;
+    // The rows were read before the update: `attempts` is already the count before the run.
+    let jobs = claimed_rows(&rows, claim, false)?;
     if jobs.is_empty() {
         return Ok(jobs);
     }
@@ -82,43 +80,7 @@ async fn try_claim(pool: &MySqlPool, claim: &Claim<'_>) -> Result<Vec<ClaimedJob
     MySql::push_in_ids(&mut update, &ids);
     update.build().execute(&mut *tx).await?;
     tx.commit().await?;
-    // The rows were read before the update: `attempts` is already the count before the run.
-    Ok(before_run(jobs, false))
-}
-
-/// MySQL has no UPDATE ... RETURNING: the rows still ours are locked first, and those are the
-/// ones the batch changes and reports.
-async fn try_finish(
-    pool: &MySqlPool,
-    worker: &str,
-    outcomes: &[(i64, Outcome)],
-) -> Result<Vec<i64>> {
-    let mut tx = pool.begin().await?;
-    let ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
-    let mut ours = QueryBuilder::<MySql>::new("SELECT id FROM jobs WHERE id ");
-    MySql::push_in_ids(&mut ours, &ids);
-    ours.push(" AND status = 'RUNNING' AND worker = ")
-        .push_bind(worker)
-        .push(" FOR UPDATE");
-    let mut ours: Vec<i64> = ours.build_query_scalar().fetch_all(&mut *tx).await?;
-    ours.sort_unstable();
-    let is_ours = |id: &i64| ours.binary_search(id).is_ok();
-    let done: Vec<i64> = done_ids(outcomes).into_iter().filter(is_ours).collect();
-    if !done.is_empty() {
-        let mut query = QueryBuilder::<MySql>::new(
-            "UPDATE jobs SET status = 'DONE', finished_at = NOW(6), last_error = NULL WHERE id ",
-        );
-        MySql::push_in_ids(&mut query, &done);
-        query.build().execute(&mut *tx).await?;
-    }
-    // Still conditional on RUNNING: a batch that names a job twice settles it once.
-    for (id, outcome) in outcomes.iter().filter(|(id, _)| is_ours(id)) {
-        if let Some(mut query) = statements::settle_outcome(*id, worker, outcome) {
-            query.build().execute(&mut *tx).await?;
-        }
-    }
-    tx.commit().await?;
-    Ok(ours)
+    Ok(jobs)
 }
 
 /// The server's clock, with microseconds, and microseconds bound as a number.
@@ -160,12 +122,6 @@ impl Dialect for MySql {
 #[async_trait]
 impl Backend for MySql {
     const EXPORT: ExportDialect = EXPORT;
-
-    type Day = chrono::NaiveDate;
-
-    fn day(day: chrono::NaiveDate) -> Self::Day {
-        day
-    }
 
     async fn migrate(pool: &MySqlPool) -> Result<()> {
         // Replicas starting together take turns under a named lock. sqlx's own asks for
@@ -212,12 +168,32 @@ impl Backend for MySql {
         retry_deadlocks(|| try_claim(pool, claim)).await
     }
 
-    async fn finish(
-        pool: &MySqlPool,
+    /// MySQL has no UPDATE ... RETURNING: the rows still ours are locked first, and those are
+    /// the ones the statement changes and reports.
+    const DONE_IN_ONE_STATEMENT: bool = false;
+
+    async fn finish_done(
+        connection: &mut MySqlConnection,
         worker: &str,
-        outcomes: &[(i64, Outcome)],
+        ids: &[i64],
     ) -> Result<Vec<i64>> {
-        retry_deadlocks(|| try_finish(pool, worker, outcomes)).await
+        let mut ours = QueryBuilder::<MySql>::new(
+            "SELECT id FROM jobs WHERE status = 'RUNNING' AND worker = ",
+        );
+        ours.push_bind(worker).push(" AND id ");
+        MySql::push_in_ids(&mut ours, ids);
+        ours.push(" FOR UPDATE");
+        let ours: Vec<i64> = ours
+            .build_query_scalar()
+            .fetch_all(&mut *connection)
+            .await?;
+        if !ours.is_empty() {
+            Sql::finish_done(worker, &ours)
+                .build()
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(ours)
     }
 
     async fn columns(pool: &MySqlPool, table: &str) -> Result<Vec<String>> {

@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::files::{ExportDialect, column_list, double_quoted};
 use super::sql::{Backend, SqlStore};
-use super::statements::{self, Clock, Dialect};
+use super::statements::{Clock, Dialect, Sql};
 use super::{
-    CONNECT_TIMEOUT, Claim, ImportBatch, Result, Wakes, before_run, claimed, claimed_as,
-    claimed_columns, done_ids, micros, probe, with_database,
+    CONNECT_TIMEOUT, Claim, ImportBatch, Result, Wakes, claimed_as, claimed_columns, claimed_rows,
+    micros, probe, with_database,
 };
-use crate::job::{ClaimedJob, NewJob, Outcome};
+use crate::job::{ClaimedJob, NewJob};
 
 /// The channel the migration's trigger notifies on every INSERT statement.
 const NEW_JOBS_CHANNEL: &str = "jobsd_new_jobs";
@@ -75,12 +75,6 @@ impl Dialect for Postgres {
 impl Backend for Postgres {
     const EXPORT: ExportDialect = EXPORT;
 
-    type Day = chrono::NaiveDate;
-
-    fn day(day: chrono::NaiveDate) -> Self::Day {
-        day
-    }
-
     async fn migrate(pool: &PgPool) -> Result<()> {
         // sqlx holds an advisory lock for the whole run, so concurrent replicas take turns.
         sqlx::migrate!("migrations/postgres").run(pool).await?;
@@ -121,46 +115,18 @@ impl Backend for Postgres {
             .bind(i64::try_from(claim.max_bytes).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
-        Ok(before_run(
-            rows.iter()
-                .map(|row| claimed(row, claim.max_bytes))
-                .collect::<Result<_>>()?,
-            claim.start,
-        ))
+        claimed_rows(&rows, claim, claim.start)
     }
 
-    async fn finish(pool: &PgPool, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
-        // The DONE jobs in one statement, found by key; the rare failures one each, in the same
-        // transaction when there are any. (A single statement joined with arrays of outcomes
-        // was tried: its generic plan compares every row with every outcome.)
-        let done = done_ids(outcomes);
-        let finish_done = || {
-            sqlx::query_scalar(
-                "UPDATE jobs SET status = 'DONE', finished_at = now(), last_error = NULL \
-                 WHERE id = ANY($1) AND status = 'RUNNING' AND worker = $2 RETURNING id",
-            )
-            .bind(&done)
-            .bind(worker)
-        };
-        if done.len() == outcomes.len() {
-            return finish_done().fetch_all(pool).await;
-        }
-        let mut tx = pool.begin().await?;
-        let mut won: Vec<i64> = if done.is_empty() {
-            Vec::new()
-        } else {
-            finish_done().fetch_all(&mut *tx).await?
-        };
-        for (id, outcome) in outcomes {
-            let Some(mut query) = statements::settle_outcome(*id, worker, outcome) else {
-                continue;
-            };
-            if query.build().execute(&mut *tx).await?.rows_affected() == 1 {
-                won.push(*id);
-            }
-        }
-        tx.commit().await?;
-        Ok(won)
+    /// The statement names the rows it changed.
+    async fn finish_done(
+        connection: &mut PgConnection,
+        worker: &str,
+        ids: &[i64],
+    ) -> Result<Vec<i64>> {
+        let mut query = Sql::finish_done(worker, ids);
+        query.push(" RETURNING id");
+        query.build_query_scalar().fetch_all(connection).await
     }
 
     async fn columns(pool: &PgPool, table: &str) -> Result<Vec<String>> {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::files::ExportDialect;
 use super::statements::Dialect;
 use super::{Claim, ImportBatch, Result, Wakes};
-use crate::job::{ClaimedJob, NewJob, Outcome};
+use crate::job::{ClaimedJob, NewJob};
 
 /// A store on a pool of `DB` connections.
 pub struct SqlStore<DB: Database> {
@@ -32,10 +32,6 @@ pub(super) trait Backend: Dialect {
     /// Text casts, identifier quoting and the bounds of an export's day.
     const EXPORT: ExportDialect;
 
-    /// A day as the dialect compares it with a date column (SQLite keeps dates as text).
-    type Day: Send + Sync;
-    fn day(day: chrono::NaiveDate) -> Self::Day;
-
     /// Applies pending migrations, taking turns with replicas starting at the same moment.
     async fn migrate(pool: &Pool<Self>) -> Result<()>;
 
@@ -44,11 +40,15 @@ pub(super) trait Backend: Dialect {
     /// [`super::Lifecycle::claim`].
     async fn claim(pool: &Pool<Self>, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>>;
 
-    /// [`super::Lifecycle::finish`].
-    async fn finish(
-        pool: &Pool<Self>,
+    /// Whether [`Backend::finish_done`] is one statement, which needs no transaction when a
+    /// batch is all DONE.
+    const DONE_IN_ONE_STATEMENT: bool = true;
+
+    /// RUNNING by `worker` → DONE for the jobs `ids` (never empty); the ids it changed.
+    async fn finish_done(
+        connection: &mut Self::Connection,
         worker: &str,
-        outcomes: &[(i64, Outcome)],
+        ids: &[i64],
     ) -> Result<Vec<i64>>;
 
     async fn columns(pool: &Pool<Self>, table: &str) -> Result<Vec<String>>;
@@ -144,7 +144,7 @@ macro_rules! shared_duties {
             }
 
             async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-                self.won(|| statements::mark_started(id, worker)).await
+                self.won(|| Sql::<$db>::mark_started(id, worker)).await
             }
 
             async fn heartbeat(
@@ -153,38 +153,65 @@ macro_rules! shared_duties {
                 worker: &str,
                 progress: Option<&str>,
             ) -> Result<bool> {
-                self.won(|| statements::heartbeat(id, worker, progress))
+                self.won(|| Sql::<$db>::heartbeat(id, worker, progress))
                     .await
             }
 
             async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>> {
+                // The DONE jobs in one statement, found by key; the rare others one each, in
+                // the same transaction. (A single statement joined with arrays of outcomes was
+                // tried on PostgreSQL: its generic plan compares every row with every outcome.)
                 if outcomes.is_empty() {
                     return Ok(Vec::new());
                 }
-                <$db as Backend>::finish(&self.pool, worker, outcomes).await
+                let done = done_ids(outcomes);
+                if done.len() == outcomes.len() && <$db as Backend>::DONE_IN_ONE_STATEMENT {
+                    let mut connection = self.pool.acquire().await?;
+                    return <$db as Backend>::finish_done(&mut connection, worker, &done).await;
+                }
+                retry_deadlocks(|| async {
+                    let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                    let mut won = if done.is_empty() {
+                        Vec::new()
+                    } else {
+                        <$db as Backend>::finish_done(&mut tx, worker, &done).await?
+                    };
+                    for (id, outcome) in outcomes {
+                        let Some(mut query) = Sql::<$db>::settle_outcome(*id, worker, outcome)
+                        else {
+                            continue;
+                        };
+                        if query.build().execute(&mut *tx).await?.rows_affected() == 1 {
+                            won.push(*id);
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(won)
+                })
+                .await
             }
 
             async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-                self.change(|| statements::release(worker, id)).await
+                self.change(|| Sql::<$db>::release(worker, id)).await
             }
 
             async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
                 if ids.is_empty() {
                     return Ok(0);
                 }
-                self.change(|| statements::touch(worker, ids)).await
+                self.change(|| Sql::<$db>::touch(worker, ids)).await
             }
 
             async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {
                 if running.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut query = statements::lost::<$db>(worker, running);
+                let mut query = Sql::<$db>::lost(worker, running);
                 query.build_query_scalar().fetch_all(&self.pool).await
             }
 
             async fn find_dead(&self, dead_after: Duration, limit: u32) -> Result<Vec<DeadJob>> {
-                let mut query = statements::find_dead::<$db>(dead_after, limit);
+                let mut query = Sql::<$db>::find_dead(dead_after, limit);
                 Ok(each_row(&query.build().fetch_all(&self.pool).await?))
             }
 
@@ -194,7 +221,7 @@ macro_rules! shared_duties {
                 dead_after: Duration,
                 how: &Settlement,
             ) -> Result<bool> {
-                self.won(|| statements::settle_dead(job, dead_after, how))
+                self.won(|| Sql::<$db>::settle_dead(job, dead_after, how))
                     .await
             }
         }
@@ -203,13 +230,13 @@ macro_rules! shared_duties {
         impl Controls for SqlStore<$db> {
             async fn pause(&self, id: i64, worker: &str) -> Result<bool> {
                 let (from, to) = (Status::Running, Status::Paused);
-                self.won(|| statements::hand_over(id, worker, from, to, Control::Pause))
+                self.won(|| Sql::<$db>::hand_over(id, worker, from, to, Control::Pause))
                     .await
             }
 
             async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
                 let (from, to) = (Status::Paused, Status::Running);
-                self.won(|| statements::hand_over(id, worker, from, to, Control::Resume))
+                self.won(|| Sql::<$db>::hand_over(id, worker, from, to, Control::Resume))
                     .await
             }
 
@@ -219,7 +246,7 @@ macro_rules! shared_duties {
                 after: i64,
                 limit: u32,
             ) -> Result<Vec<ControlRequest>> {
-                let mut query = statements::find_controls::<$db>(dead_after, after, limit);
+                let mut query = Sql::<$db>::find_controls(dead_after, after, limit);
                 Ok(each_row(&query.build().fetch_all(&self.pool).await?))
             }
 
@@ -231,12 +258,12 @@ macro_rules! shared_duties {
                 if !action.writes() {
                     return Ok(false);
                 }
-                self.won(|| statements::apply_control(request, action))
+                self.won(|| Sql::<$db>::apply_control(request, action))
                     .await
             }
 
             async fn request(&self, id: i64, control: Control) -> Result<bool> {
-                self.won(|| statements::request(id, control)).await
+                self.won(|| Sql::<$db>::request(id, control)).await
             }
         }
 
@@ -252,7 +279,7 @@ macro_rules! shared_duties {
                     <$db as Backend>::insert_rows(&mut tx, batch).await?;
                     // The checkpoint is a heartbeat with progress, in the same transaction.
                     let checkpoint =
-                        statements::heartbeat::<$db>(batch.id, batch.worker, Some(batch.progress))
+                        Sql::<$db>::heartbeat(batch.id, batch.worker, Some(batch.progress))
                             .build()
                             .execute(&mut *tx)
                             .await?;
@@ -276,8 +303,8 @@ macro_rules! shared_duties {
                 let sql = export_sql(table, date_column, columns, &<$db as Backend>::EXPORT);
                 Box::pin(try_stream! {
                     let mut rows = sqlx::query(&sql)
-                        .bind(<$db as Backend>::day(day))
-                        .bind(<$db as Backend>::day(day + chrono::Days::new(1)))
+                        .bind(day)
+                        .bind(day + chrono::Days::new(1))
                         .fetch(&self.pool);
                     while let Some(row) = rows.try_next().await? {
                         yield text_row(&row)?;
@@ -289,7 +316,7 @@ macro_rules! shared_duties {
         #[async_trait]
         impl Inspect for SqlStore<$db> {
             async fn rows(&self, ids: &[i64], limit: u32) -> Result<Vec<JobRow>> {
-                let mut query = statements::rows::<$db>(ids, limit);
+                let mut query = Sql::<$db>::rows(ids, limit);
                 Ok(each_row(&query.build().fetch_all(&self.pool).await?))
             }
 
@@ -324,7 +351,7 @@ macro_rules! shared_duties {
             }
 
             async fn limit_payloads(&self, max_bytes: u64) -> Result<()> {
-                self.change(|| statements::limit_payloads(max_bytes))
+                self.change(|| Sql::<$db>::limit_payloads(max_bytes))
                     .await?;
                 Ok(())
             }
@@ -346,17 +373,17 @@ mod duties {
     use sqlx::{MySql, Postgres, Sqlite};
     use tokio_util::sync::CancellationToken;
 
-    use super::super::files::{export_sql, text_row};
-    use super::super::{
-        Controls, Files, ImportBatch, Inspect, Lifecycle, Result, Schema, TextRow, Wakes, each_row,
-        statements, status_counts,
-    };
     use super::{Backend, SqlStore, retry_deadlocks};
     use crate::job::{
         ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
         Settlement, Status,
     };
-    use crate::store::Claim;
+    use crate::store::files::{export_sql, text_row};
+    use crate::store::statements::Sql;
+    use crate::store::{
+        Claim, Controls, Files, ImportBatch, Inspect, Lifecycle, Result, Schema, TextRow, Wakes,
+        done_ids, each_row, status_counts,
+    };
 
     shared_duties!(Postgres);
     shared_duties!(MySql);

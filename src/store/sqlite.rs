@@ -13,12 +13,12 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::files::{ExportDialect, double_quoted, inserts};
 use super::sql::{Backend, SqlStore};
-use super::statements::{self, Clock, Dialect};
+use super::statements::{Clock, Dialect, Sql};
 use super::{
-    CONNECT_TIMEOUT, Claim, ImportBatch, Result, before_run, claimed, claimed_as, claimed_columns,
-    done_ids, json_ids, probe,
+    CONNECT_TIMEOUT, Claim, ImportBatch, Result, claimed_as, claimed_columns, claimed_rows,
+    json_ids, probe,
 };
-use crate::job::{ClaimedJob, NewJob, Outcome};
+use crate::job::{ClaimedJob, NewJob};
 
 /// The most connections a SQLite store opens.
 const MAX_CONNECTIONS: u32 = 4;
@@ -131,13 +131,6 @@ impl Dialect for Sqlite {
 impl Backend for Sqlite {
     const EXPORT: ExportDialect = EXPORT;
 
-    /// Dates are text, compared as text.
-    type Day = String;
-
-    fn day(day: chrono::NaiveDate) -> Self::Day {
-        day.to_string()
-    }
-
     /// IMMEDIATE takes the write lock up front: a deferred transaction that reads first may
     /// find another writer in the way when it upgrades, and fail instead of waiting.
     async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
@@ -186,48 +179,18 @@ impl Backend for Sqlite {
             .bind(i64::try_from(claim.max_bytes).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await?;
-        Ok(before_run(
-            rows.iter()
-                .map(|row| claimed(row, claim.max_bytes))
-                .collect::<Result<_>>()?,
-            claim.start,
-        ))
+        claimed_rows(&rows, claim, claim.start)
     }
 
-    async fn finish(
-        pool: &SqlitePool,
+    /// The statement names the rows it changed.
+    async fn finish_done(
+        connection: &mut SqliteConnection,
         worker: &str,
-        outcomes: &[(i64, Outcome)],
+        ids: &[i64],
     ) -> Result<Vec<i64>> {
-        // One transaction, so one commit for the batch: the DONE jobs in one statement, the
-        // rare failures one each.
-        let at = now();
-        let mut tx = Self::begin(pool).await?;
-        let done = done_ids(outcomes);
-        let mut won: Vec<i64> = if done.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_scalar(
-                "UPDATE jobs SET status = 'DONE', finished_at = ?3, last_error = NULL \
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'RUNNING' AND worker = ?2 \
-                 RETURNING id",
-            )
-            .bind(json_ids(&done))
-            .bind(worker)
-            .bind(&at)
-            .fetch_all(&mut *tx)
-            .await?
-        };
-        for (id, outcome) in outcomes {
-            let Some(mut query) = statements::settle_outcome(*id, worker, outcome) else {
-                continue;
-            };
-            if query.build().execute(&mut *tx).await?.rows_affected() == 1 {
-                won.push(*id);
-            }
-        }
-        tx.commit().await?;
-        Ok(won)
+        let mut query = Sql::finish_done(worker, ids);
+        query.push(" RETURNING id");
+        query.build_query_scalar().fetch_all(connection).await
     }
 
     async fn columns(pool: &SqlitePool, table: &str) -> Result<Vec<String>> {

@@ -7,6 +7,7 @@
 //! Every SET lists the columns it reads before those it changes: MySQL assigns left to right,
 //! so a later expression would see the new value where PostgreSQL and SQLite see the old one.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -47,358 +48,310 @@ pub(super) trait Dialect: Database {
     const INTEGER: &'static str;
 }
 
-/// QUEUED → NEW, RUNNING → NEW for a retry, or RUNNING → CANCELLED ([`Settlement`]), if the job
-/// is still as silent as when it was found dead and still held by the same worker (or none).
-pub(super) fn settle_dead<'a, DB>(
-    job: &DeadJob,
-    dead_after: Duration,
-    how: &Settlement,
-) -> QueryBuilder<'a, DB>
+/// The statements, over one set of bounds: what each dialect's sqlx binds.
+pub(super) struct Sql<DB>(PhantomData<DB>);
+
+impl<'a, DB> Sql<DB>
 where
     DB: Dialect,
     i64: Encode<'a, DB> + Type<DB>,
     String: Encode<'a, DB> + Type<DB>,
     Option<String>: Encode<'a, DB> + Type<DB>,
 {
-    let clock = Clock::now();
-    let mut query = QueryBuilder::new("UPDATE jobs SET ");
-    let expected = match how {
-        Settlement::Requeue => {
-            query.push("status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL");
-            Status::Queued
-        }
-        Settlement::Retry { backoff, reason } => {
-            query.push("status = 'NEW', run_at = ");
-            DB::push_shifted(&mut query, clock, *backoff, true);
-            query.push(", last_error = ");
-            query.push_bind(storable(reason).into_owned());
-            query.push(", worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL");
-            Status::Running
-        }
-        Settlement::Cancel { reason } => {
-            query.push("status = 'CANCELLED', cancelled_at = ");
-            DB::push_now(&mut query, clock);
-            query.push(", finished_at = ");
-            DB::push_now(&mut query, clock);
-            query.push(", last_error = ");
-            query.push_bind(storable(reason).into_owned());
-            Status::Running
-        }
-    };
-    query.push(" WHERE id = ");
-    query.push_bind(job.id);
-    query.push(format_args!(
-        " AND status = '{expected}' AND worker {} ",
-        DB::SAME
-    ));
-    query.push_bind(job.worker.clone());
-    query.push(format_args!(" AND {LAST_SIGN} < "));
-    DB::push_shifted(&mut query, clock, dead_after, false);
-    query
-}
+    /// QUEUED → NEW, RUNNING → NEW for a retry, or RUNNING → CANCELLED ([`Settlement`]), if the job
+    /// is still as silent as when it was found dead and still held by the same worker (or none).
+    pub fn settle_dead(
+        job: &DeadJob,
+        dead_after: Duration,
+        how: &Settlement,
+    ) -> QueryBuilder<'a, DB> {
+        let clock = Clock::now();
+        let mut query = QueryBuilder::new("UPDATE jobs SET ");
+        let expected = match how {
+            Settlement::Requeue => {
+                query.push("status = 'NEW', worker = NULL, queued_at = NULL, heartbeat_at = NULL");
+                Status::Queued
+            }
+            Settlement::Retry { backoff, reason } => {
+                query.push("status = 'NEW', run_at = ");
+                DB::push_shifted(&mut query, clock, *backoff, true);
+                query.push(", last_error = ");
+                query.push_bind(storable(reason).into_owned());
+                query.push(
+                    ", worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL",
+                );
+                Status::Running
+            }
+            Settlement::Cancel { reason } => {
+                query.push("status = 'CANCELLED', cancelled_at = ");
+                DB::push_now(&mut query, clock);
+                query.push(", finished_at = ");
+                DB::push_now(&mut query, clock);
+                query.push(", last_error = ");
+                query.push_bind(storable(reason).into_owned());
+                Status::Running
+            }
+        };
+        query.push(" WHERE id = ");
+        query.push_bind(job.id);
+        query.push(format_args!(
+            " AND status = '{expected}' AND worker {} ",
+            DB::SAME
+        ));
+        query.push_bind(job.worker.clone());
+        query.push(format_args!(" AND {LAST_SIGN} < "));
+        DB::push_shifted(&mut query, clock, dead_after, false);
+        query
+    }
 
-/// [`Store::release`](super::Store::release): this worker's QUEUED and RUNNING jobs (or just
-/// `id`) back to NEW, the attempt of an interrupted run given back; PAUSED ones stay PAUSED,
-/// held by no one.
-pub(super) fn release<'a, DB>(worker: &str, id: Option<i64>) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-    String: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new(format!(
-        "UPDATE jobs SET attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
-         status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
-         worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
-         WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = "
-    ));
-    query.push_bind(worker.to_owned());
-    if let Some(id) = id {
-        query.push(" AND id = ");
+    /// [`Store::release`](super::Store::release): this worker's QUEUED and RUNNING jobs (or just
+    /// `id`) back to NEW, the attempt of an interrupted run given back; PAUSED ones stay PAUSED,
+    /// held by no one.
+    pub fn release(worker: &str, id: Option<i64>) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(format!(
+            "UPDATE jobs SET attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
+             status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
+             worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL \
+             WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = "
+        ));
+        query.push_bind(worker.to_owned());
+        if let Some(id) = id {
+            query.push(" AND id = ");
+            query.push_bind(id);
+        }
+        query
+    }
+
+    /// [`Store::pause`](super::Store::pause) and [`Store::resume`](super::Store::resume): `from` →
+    /// `to` for the job `worker` holds, clearing only the request carried out (a terminate written
+    /// meanwhile must stay); the dead-clock starts again.
+    pub fn hand_over(
+        id: i64,
+        worker: &str,
+        from: Status,
+        to: Status,
+        request: Control,
+    ) -> QueryBuilder<'a, DB> {
+        let clock = Clock::now();
+        // The text holds only the enums' own spellings.
+        let mut query = QueryBuilder::new(format!(
+            "UPDATE jobs SET control = CASE WHEN control = '{request}' THEN NULL ELSE control END, \
+             status = '{to}', heartbeat_at = "
+        ));
+        DB::push_now(&mut query, clock);
+        query.push(" WHERE id = ");
         query.push_bind(id);
+        query.push(format_args!(" AND status = '{from}' AND worker = "));
+        query.push_bind(worker.to_owned());
+        query
     }
-    query
-}
 
-/// [`Store::pause`](super::Store::pause) and [`Store::resume`](super::Store::resume): `from` →
-/// `to` for the job `worker` holds, clearing only the request carried out (a terminate written
-/// meanwhile must stay); the dead-clock starts again.
-pub(super) fn hand_over<'a, DB>(
-    id: i64,
-    worker: &str,
-    from: Status,
-    to: Status,
-    request: Control,
-) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-    String: Encode<'a, DB> + Type<DB>,
-{
-    let clock = Clock::now();
-    // The text holds only the enums' own spellings.
-    let mut query = QueryBuilder::new(format!(
-        "UPDATE jobs SET control = CASE WHEN control = '{request}' THEN NULL ELSE control END, \
-         status = '{to}', heartbeat_at = "
-    ));
-    DB::push_now(&mut query, clock);
-    query.push(" WHERE id = ");
-    query.push_bind(id);
-    query.push(format_args!(" AND status = '{from}' AND worker = "));
-    query.push_bind(worker.to_owned());
-    query
-}
-
-/// [`Store::apply_control`](super::Store::apply_control), if the row still has the status and
-/// request that were seen. Only for actions that write ([`ControlAction::writes`]).
-pub(super) fn apply_control<'a, DB>(
-    request: &ControlRequest,
-    action: ControlAction,
-) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-    String: Encode<'a, DB> + Type<DB>,
-    Option<String>: Encode<'a, DB> + Type<DB>,
-{
-    let clock = Clock::now();
-    let mut query = QueryBuilder::new("UPDATE jobs SET ");
-    match action {
-        ControlAction::PauseWaiting => {
-            query.push(
-                "status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, heartbeat_at = NULL",
-            );
+    /// [`Store::apply_control`](super::Store::apply_control), if the row still has the status and
+    /// request that were seen. Only for actions that write ([`ControlAction::writes`]).
+    pub fn apply_control(request: &ControlRequest, action: ControlAction) -> QueryBuilder<'a, DB> {
+        let clock = Clock::now();
+        let mut query = QueryBuilder::new("UPDATE jobs SET ");
+        match action {
+            ControlAction::PauseWaiting => {
+                query.push(
+                    "status = 'PAUSED', control = NULL, worker = NULL, queued_at = NULL, heartbeat_at = NULL",
+                );
+            }
+            ControlAction::ResumeDetached => {
+                query.push(format_args!(
+                    "attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
+                     status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
+                     heartbeat_at = NULL"
+                ));
+            }
+            ControlAction::Terminate => {
+                query.push("status = 'CANCELLED', control = NULL, cancelled_at = ");
+                DB::push_now(&mut query, clock);
+                query.push(", finished_at = ");
+                DB::push_now(&mut query, clock);
+                query.push(", last_error = ");
+                query.push_bind(TERMINATED.to_owned());
+            }
+            ControlAction::Clear => {
+                query.push("control = NULL");
+            }
+            // Nothing to write: the request stays as it is.
+            ControlAction::Signal(_) | ControlAction::Leave => {
+                query.push("control = control");
+            }
         }
-        ControlAction::ResumeDetached => {
-            query.push(format_args!(
-                "attempts = CASE WHEN worker IS NULL THEN attempts ELSE {ATTEMPT_BACK} END, \
-                 status = 'NEW', control = NULL, worker = NULL, queued_at = NULL, started_at = NULL, \
-                 heartbeat_at = NULL"
-            ));
+        query.push(" WHERE id = ");
+        query.push_bind(request.id);
+        query.push(format_args!(
+            " AND status = '{}' AND control = '{}'",
+            request.status, request.control
+        ));
+        if action == ControlAction::ResumeDetached {
+            query.push(format_args!(" AND worker {} ", DB::SAME));
+            query.push_bind(request.worker.clone());
         }
-        ControlAction::Terminate => {
-            query.push("status = 'CANCELLED', control = NULL, cancelled_at = ");
-            DB::push_now(&mut query, clock);
-            query.push(", finished_at = ");
-            DB::push_now(&mut query, clock);
-            query.push(", last_error = ");
-            query.push_bind(TERMINATED.to_owned());
-        }
-        ControlAction::Clear => {
-            query.push("control = NULL");
-        }
-        // Nothing to write: the request stays as it is.
-        ControlAction::Signal(_) | ControlAction::Leave => {
-            query.push("control = control");
-        }
+        query
     }
-    query.push(" WHERE id = ");
-    query.push_bind(request.id);
-    query.push(format_args!(
-        " AND status = '{}' AND control = '{}'",
-        request.status, request.control
-    ));
-    if action == ControlAction::ResumeDetached {
-        query.push(format_args!(" AND worker {} ", DB::SAME));
-        query.push_bind(request.worker.clone());
+
+    /// [`Store::limit_payloads`](super::Store::limit_payloads).
+    pub fn limit_payloads(max_bytes: u64) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("UPDATE jobsd_limits SET max_payload_bytes = ");
+        query.push_bind(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+        query
     }
-    query
-}
 
-/// [`Store::limit_payloads`](super::Store::limit_payloads).
-pub(super) fn limit_payloads<'a, DB>(max_bytes: u64) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new("UPDATE jobsd_limits SET max_payload_bytes = ");
-    query.push_bind(i64::try_from(max_bytes).unwrap_or(i64::MAX));
-    query
-}
-
-/// [`Store::mark_started`](super::Store::mark_started): QUEUED by `worker` → RUNNING, one more
-/// attempt.
-pub(super) fn mark_started<'a, DB>(id: i64, worker: &str) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-    String: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new(format!(
-        "UPDATE jobs SET status = 'RUNNING', heartbeat_at = NULL, {NEXT_ATTEMPT}, started_at = "
-    ));
-    DB::push_now(&mut query, Clock::now());
-    query.push(" WHERE id = ");
-    query.push_bind(id);
-    query.push(" AND status = 'QUEUED' AND worker = ");
-    query.push_bind(worker.to_owned());
-    query
-}
-
-/// [`Store::heartbeat`](super::Store::heartbeat): a sign of life of a RUNNING job, and its
-/// checkpoint when given.
-pub(super) fn heartbeat<'a, DB>(
-    id: i64,
-    worker: &str,
-    progress: Option<&str>,
-) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-    String: Encode<'a, DB> + Type<DB>,
-    Option<String>: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new("UPDATE jobs SET progress = COALESCE(");
-    query.push_bind(progress.map(str::to_owned));
-    query.push(", progress), heartbeat_at = ");
-    DB::push_now(&mut query, Clock::now());
-    query.push(" WHERE id = ");
-    query.push_bind(id);
-    query.push(" AND status = 'RUNNING' AND worker = ");
-    query.push_bind(worker.to_owned());
-    query
-}
-
-/// [`Store::touch`](super::Store::touch): a sign of life of `worker`'s waiting jobs `ids`
-/// (never empty).
-pub(super) fn touch<'a, DB>(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    String: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new("UPDATE jobs SET heartbeat_at = ");
-    DB::push_now(&mut query, Clock::now());
-    query.push(" WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ");
-    query.push_bind(worker.to_owned());
-    query.push(" AND id ");
-    DB::push_in_ids(&mut query, ids);
-    query
-}
-
-/// [`Store::request`](super::Store::request): a control request, as a user's UPDATE writes it.
-pub(super) fn request<'a, DB>(id: i64, control: Control) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    // The text holds only the enum's own spelling.
-    let mut query = QueryBuilder::new(format!("UPDATE jobs SET control = '{control}' WHERE id = "));
-    query.push_bind(id);
-    query
-}
-
-/// [`Store::find_dead`](super::Store::find_dead): the columns of [`DeadJob`].
-pub(super) fn find_dead<'a, DB>(dead_after: Duration, limit: u32) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new(format!(
-        "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND {LAST_SIGN} < "
-    ));
-    DB::push_shifted(&mut query, Clock::now(), dead_after, false);
-    query.push(" ORDER BY id LIMIT ");
-    query.push_bind(i64::from(limit));
-    query
-}
-
-/// [`Store::lost`](super::Store::lost): of `running` (never empty), the ids no longer RUNNING
-/// or PAUSED by `worker`.
-pub(super) fn lost<'a, DB>(worker: &str, running: &[i64]) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    Option<String>: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new("SELECT id FROM jobs WHERE id ");
-    DB::push_in_ids(&mut query, running);
-    query.push(format_args!(
-        " AND (status NOT IN ('RUNNING', 'PAUSED') OR NOT (worker {} ",
-        DB::SAME
-    ));
-    query.push_bind(Some(worker.to_owned()));
-    query.push("))");
-    query
-}
-
-/// [`Store::find_controls`](super::Store::find_controls): the columns of [`ControlRequest`].
-pub(super) fn find_controls<'a, DB>(
-    dead_after: Duration,
-    after: i64,
-    limit: u32,
-) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new(
-        "SELECT id, status, control, worker, CAST(CASE WHEN COALESCE(heartbeat_at, created_at) < ",
-    );
-    DB::push_shifted(&mut query, Clock::now(), dead_after, false);
-    query.push(format_args!(
-        " THEN 1 ELSE 0 END AS {}) AS silent FROM jobs WHERE control IS NOT NULL AND id > ",
-        DB::INTEGER
-    ));
-    query.push_bind(after);
-    query.push(" ORDER BY id LIMIT ");
-    query.push_bind(i64::from(limit));
-    query
-}
-
-/// [`Store::finish`](super::Store::finish) of one job that did not end DONE: RUNNING by
-/// `worker` → FAILED, or back to NEW after `backoff` for a retry; `None` for DONE, which the
-/// dialects write for a whole batch at once.
-pub(super) fn settle_outcome<'a, DB>(
-    id: i64,
-    worker: &str,
-    outcome: &Outcome,
-) -> Option<QueryBuilder<'a, DB>>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-    String: Encode<'a, DB> + Type<DB>,
-{
-    let clock = Clock::now();
-    let mut query = QueryBuilder::new("UPDATE jobs SET ");
-    match outcome {
-        Outcome::Done => return None,
-        Outcome::Failed { reason } => {
-            query.push("status = 'FAILED', finished_at = ");
-            DB::push_now(&mut query, clock);
-            query.push(", last_error = ");
-            query.push_bind(storable(reason).into_owned());
-        }
-        Outcome::Retry { backoff, reason } => {
-            query.push("status = 'NEW', run_at = ");
-            DB::push_shifted(&mut query, clock, *backoff, true);
-            query.push(", last_error = ");
-            query.push_bind(storable(reason).into_owned());
-            query.push(", worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL");
-        }
+    /// [`Store::mark_started`](super::Store::mark_started): QUEUED by `worker` → RUNNING, one more
+    /// attempt.
+    pub fn mark_started(id: i64, worker: &str) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(format!(
+            "UPDATE jobs SET status = 'RUNNING', heartbeat_at = NULL, {NEXT_ATTEMPT}, started_at = "
+        ));
+        DB::push_now(&mut query, Clock::now());
+        query.push(" WHERE id = ");
+        query.push_bind(id);
+        query.push(" AND status = 'QUEUED' AND worker = ");
+        query.push_bind(worker.to_owned());
+        query
     }
-    query.push(" WHERE id = ");
-    query.push_bind(id);
-    query.push(" AND status = 'RUNNING' AND worker = ");
-    query.push_bind(worker.to_owned());
-    Some(query)
-}
 
-/// [`Store::rows`](super::Store::rows): the columns of [`JobRow`] for `ids`, or else for the
-/// newest `limit` rows, in id order.
-pub(super) fn rows<'a, DB>(ids: &[i64], limit: u32) -> QueryBuilder<'a, DB>
-where
-    DB: Dialect,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    let mut query = QueryBuilder::new(format!(
-        "SELECT * FROM (SELECT {} FROM jobs",
-        JobRow::COLUMNS.join(", ")
-    ));
-    if !ids.is_empty() {
-        query.push(" WHERE id ");
+    /// [`Store::heartbeat`](super::Store::heartbeat): a sign of life of a RUNNING job, and its
+    /// checkpoint when given.
+    pub fn heartbeat(id: i64, worker: &str, progress: Option<&str>) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("UPDATE jobs SET progress = COALESCE(");
+        query.push_bind(progress.map(str::to_owned));
+        query.push(", progress), heartbeat_at = ");
+        DB::push_now(&mut query, Clock::now());
+        query.push(" WHERE id = ");
+        query.push_bind(id);
+        query.push(" AND status = 'RUNNING' AND worker = ");
+        query.push_bind(worker.to_owned());
+        query
+    }
+
+    /// [`Store::touch`](super::Store::touch): a sign of life of `worker`'s waiting jobs `ids`
+    /// (never empty).
+    pub fn touch(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("UPDATE jobs SET heartbeat_at = ");
+        DB::push_now(&mut query, Clock::now());
+        query.push(" WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ");
+        query.push_bind(worker.to_owned());
+        query.push(" AND id ");
         DB::push_in_ids(&mut query, ids);
+        query
     }
-    query.push(" ORDER BY id DESC LIMIT ");
-    query.push_bind(i64::from(limit));
-    query.push(") newest ORDER BY id");
-    query
+
+    /// [`Store::request`](super::Store::request): a control request, as a user's UPDATE writes it.
+    pub fn request(id: i64, control: Control) -> QueryBuilder<'a, DB> {
+        // The text holds only the enum's own spelling.
+        let mut query =
+            QueryBuilder::new(format!("UPDATE jobs SET control = '{control}' WHERE id = "));
+        query.push_bind(id);
+        query
+    }
+
+    /// [`Store::find_dead`](super::Store::find_dead): the columns of [`DeadJob`].
+    pub fn find_dead(dead_after: Duration, limit: u32) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {DEAD} FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND {LAST_SIGN} < "
+        ));
+        DB::push_shifted(&mut query, Clock::now(), dead_after, false);
+        query.push(" ORDER BY id LIMIT ");
+        query.push_bind(i64::from(limit));
+        query
+    }
+
+    /// [`Store::lost`](super::Store::lost): of `running` (never empty), the ids no longer RUNNING
+    /// or PAUSED by `worker`.
+    pub fn lost(worker: &str, running: &[i64]) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("SELECT id FROM jobs WHERE id ");
+        DB::push_in_ids(&mut query, running);
+        query.push(format_args!(
+            " AND (status NOT IN ('RUNNING', 'PAUSED') OR NOT (worker {} ",
+            DB::SAME
+        ));
+        query.push_bind(Some(worker.to_owned()));
+        query.push("))");
+        query
+    }
+
+    /// [`Store::find_controls`](super::Store::find_controls): the columns of [`ControlRequest`].
+    pub fn find_controls(dead_after: Duration, after: i64, limit: u32) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(
+            "SELECT id, status, control, worker, CAST(CASE WHEN COALESCE(heartbeat_at, created_at) < ",
+        );
+        DB::push_shifted(&mut query, Clock::now(), dead_after, false);
+        query.push(format_args!(
+            " THEN 1 ELSE 0 END AS {}) AS silent FROM jobs WHERE control IS NOT NULL AND id > ",
+            DB::INTEGER
+        ));
+        query.push_bind(after);
+        query.push(" ORDER BY id LIMIT ");
+        query.push_bind(i64::from(limit));
+        query
+    }
+
+    /// [`Store::finish`](super::Store::finish) of the jobs `ids` (never empty) that ended DONE:
+    /// RUNNING by `worker` → DONE. One statement for a whole batch.
+    pub fn finish_done(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
+        let mut query =
+            QueryBuilder::new("UPDATE jobs SET status = 'DONE', last_error = NULL, finished_at = ");
+        DB::push_now(&mut query, Clock::now());
+        query.push(" WHERE status = 'RUNNING' AND worker = ");
+        query.push_bind(worker.to_owned());
+        query.push(" AND id ");
+        DB::push_in_ids(&mut query, ids);
+        query
+    }
+
+    /// [`Store::finish`](super::Store::finish) of one job that did not end DONE: RUNNING by
+    /// `worker` → FAILED, or back to NEW after `backoff` for a retry; `None` for DONE, which the
+    /// dialects write for a whole batch at once.
+    pub fn settle_outcome(
+        id: i64,
+        worker: &str,
+        outcome: &Outcome,
+    ) -> Option<QueryBuilder<'a, DB>> {
+        let clock = Clock::now();
+        let mut query = QueryBuilder::new("UPDATE jobs SET ");
+        match outcome {
+            Outcome::Done => return None,
+            Outcome::Failed { reason } => {
+                query.push("status = 'FAILED', finished_at = ");
+                DB::push_now(&mut query, clock);
+                query.push(", last_error = ");
+                query.push_bind(storable(reason).into_owned());
+            }
+            Outcome::Retry { backoff, reason } => {
+                query.push("status = 'NEW', run_at = ");
+                DB::push_shifted(&mut query, clock, *backoff, true);
+                query.push(", last_error = ");
+                query.push_bind(storable(reason).into_owned());
+                query.push(
+                    ", worker = NULL, queued_at = NULL, started_at = NULL, heartbeat_at = NULL",
+                );
+            }
+        }
+        query.push(" WHERE id = ");
+        query.push_bind(id);
+        query.push(" AND status = 'RUNNING' AND worker = ");
+        query.push_bind(worker.to_owned());
+        Some(query)
+    }
+
+    /// [`Store::rows`](super::Store::rows): the columns of [`JobRow`] for `ids`, or else for the
+    /// newest `limit` rows, in id order.
+    pub fn rows(ids: &[i64], limit: u32) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT * FROM (SELECT {} FROM jobs",
+            JobRow::COLUMNS.join(", ")
+        ));
+        if !ids.is_empty() {
+            query.push(" WHERE id ");
+            DB::push_in_ids(&mut query, ids);
+        }
+        query.push(" ORDER BY id DESC LIMIT ");
+        query.push_bind(i64::from(limit));
+        query.push(") newest ORDER BY id");
+        query
+    }
 }
