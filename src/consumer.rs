@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::context::JobContext;
 use crate::handlers::{Handlers, Permanent};
-use crate::held::{Claimed, State, Wires};
+use crate::held::{Claimed, HeldJob, State};
 use crate::job::{ClaimedJob, Outcome, backoff};
 use crate::replica::Replica;
 
@@ -95,65 +95,53 @@ impl Pool {
     /// A claimed job this replica will not start after all goes back to NEW for anyone to take.
     async fn give_back(&self, claimed: Claimed) {
         let (id, replica) = (claimed.job.id, &self.replica);
-        replica.held.remove(id);
+        // Dropping it removes its entry and frees its slot.
+        drop(claimed);
         if let Err(error) = replica.store.release(&replica.worker, Some(id)).await {
             tracing::warn!(job = id, %error, "could not give back a queued job; the dead-job sweep will");
         }
     }
 
     async fn run_job(&self, claimed: Claimed) {
-        let Claimed {
-            job,
-            slot,
-            wires,
-            started,
-        } = claimed;
+        let Claimed { job, held, started } = claimed;
         let (id, replica) = (job.id, &self.replica);
-        let started = started || self.start(id).await;
-        if started {
-            let (run, slot) = self.execute(job, slot, &wires).await;
-            match run {
-                Run::Ended(outcome) => {
-                    // The row stays RUNNING and ours until the completer writes the outcome,
-                    // and lets go of it then. The slot is kept until the completer takes the
-                    // outcome: if it falls behind, claims wait rather than pile up finished
-                    // jobs in memory.
-                    replica.held.set(id, State::Finishing);
-                    if self.completer.send((id, outcome)).await.is_err() {
-                        replica.held.remove(id);
-                        tracing::error!(
-                            job = id,
-                            "the completer has stopped; the dead-job sweep will settle the job"
-                        );
-                    }
-                    drop(slot);
-                    replica.slot_freed();
-                    return;
-                }
-                Run::Lost => {
-                    tracing::info!(job = id, "task stopped: the job was cancelled or handed on")
-                }
-                Run::Interrupted => match replica.store.release(&replica.worker, Some(id)).await {
-                    Ok(_) => tracing::info!(job = id, "shutdown: job released"),
-                    Err(error) => {
-                        tracing::warn!(job = id, %error, "shutdown: could not release job")
-                    }
-                },
-                Run::Lapsed => {
-                    replica.held.set(id, State::Releasing);
-                    self.release_when_reached(id, &wires).await;
+        if !(started || self.start(&held).await) {
+            // Dropping `held` lets go of the job and frees its slot.
+            return;
+        }
+        let (run, held) = self.execute(job, held).await;
+        match run {
+            Run::Ended(outcome) => {
+                // The row stays RUNNING and ours until the completer writes the outcome, and
+                // lets go of it then.
+                if !held.hand_over(&self.completer, outcome).await {
+                    tracing::error!(
+                        job = id,
+                        "the completer has stopped; the dead-job sweep will settle the job"
+                    );
                 }
             }
+            Run::Lost => {
+                tracing::info!(job = id, "task stopped: the job was cancelled or handed on")
+            }
+            Run::Interrupted => match replica.store.release(&replica.worker, Some(id)).await {
+                Ok(_) => tracing::info!(job = id, "shutdown: job released"),
+                Err(error) => {
+                    tracing::warn!(job = id, %error, "shutdown: could not release job")
+                }
+            },
+            Run::Lapsed => {
+                held.set(State::Releasing);
+                self.release_when_reached(&held).await;
+            }
         }
-        replica.held.remove(id);
-        replica.slot_freed();
     }
 
     /// Gives back a job whose lease lapsed, trying until the database answers: a job stopped
     /// by an outage runs again, and is never cancelled for it. Shutdown's end stops the trying;
     /// its last release of everything still held takes over.
-    async fn release_when_reached(&self, id: i64, wires: &Wires) {
-        let replica = &self.replica;
+    async fn release_when_reached(&self, held: &HeldJob) {
+        let (id, replica) = (held.id(), &self.replica);
         let mut wait = Duration::from_millis(100);
         loop {
             match replica.store.release(&replica.worker, Some(id)).await {
@@ -164,7 +152,7 @@ impl Pool {
                 Err(error) => tracing::debug!(job = id, %error, "cannot give back the job yet"),
             }
             tokio::select! {
-                () = wires.interrupt.cancelled() => return,
+                () = held.wires().interrupt.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
             wait = (wait * 2).min(Duration::from_secs(5));
@@ -172,11 +160,11 @@ impl Pool {
     }
 
     /// Records the start of a job the claim left QUEUED; `false` if it is not to run here.
-    async fn start(&self, id: i64) -> bool {
-        let replica = &self.replica;
+    async fn start(&self, held: &HeldJob) -> bool {
+        let (id, replica) = (held.id(), &self.replica);
         match replica.store.mark_started(id, &replica.worker).await {
             Ok(true) => {
-                replica.held.set(id, State::Running);
+                held.set(State::Running);
                 true
             }
             Ok(false) => {
@@ -190,18 +178,13 @@ impl Pool {
         }
     }
 
-    /// Runs the job's handler to an outcome. The slot is held by the run (and given back while
-    /// it is paused); it comes back with the outcome if the run still holds it.
-    async fn execute(
-        &self,
-        job: ClaimedJob,
-        slot: OwnedSemaphorePermit,
-        wires: &Wires,
-    ) -> (Run, Option<OwnedSemaphorePermit>) {
+    /// Runs the job's handler to an outcome. The run holds the job (and gives its slot back
+    /// while it is paused), and hands it back with the outcome.
+    async fn execute(&self, job: ClaimedJob, held: HeldJob) -> (Run, HeldJob) {
         let attempt = job.attempts.saturating_add(1);
         let max_attempts = job.max_attempts;
         if let Some(reason) = job.unfit {
-            return (Run::Ended(Outcome::Failed { reason }), Some(slot));
+            return (Run::Ended(Outcome::Failed { reason }), held);
         }
         let Some(handler) = self.handlers.get(&job.kind) else {
             let reason = format!(
@@ -209,19 +192,15 @@ impl Pool {
                 job.kind,
                 self.handlers.kinds().join(", ")
             );
-            return (Run::Ended(Outcome::Failed { reason }), Some(slot));
+            return (Run::Ended(Outcome::Failed { reason }), held);
         };
-        let ctx = match JobContext::new(
-            job,
-            Arc::clone(&self.replica),
-            wires.lost.clone(),
-            wires.lapsed.clone(),
-            wires.pause.clone(),
-        ) {
+        let ctx = match JobContext::new(job, Arc::clone(&self.replica), held) {
             Ok(ctx) => ctx,
-            Err(Permanent(reason)) => return (Run::Ended(Outcome::Failed { reason }), Some(slot)),
+            Err((Permanent(reason), held)) => {
+                return (Run::Ended(Outcome::Failed { reason }), held);
+            }
         };
-        ctx.swap_slot(Some(slot));
+        let wires = ctx.held().wires();
         let run = tokio::select! {
             biased;
             () = wires.lost.cancelled() => Run::Lost,
@@ -231,7 +210,7 @@ impl Pool {
                 Run::Ended(self.outcome(result, attempt, max_attempts))
             }
         };
-        (run, ctx.swap_slot(None))
+        (run, ctx.into_held())
     }
 
     /// What a handler's result means for the row: done, failed for good, or retried later.

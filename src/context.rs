@@ -8,15 +8,29 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 
-use crate::held::{PauseSignal, State};
+use crate::held::{HeldJob, State};
 use crate::job::{ClaimedJob, Permanent};
 use crate::replica::Replica;
 
 /// How long to wait before trying again to resume a job the database would not resume.
 const RESUME_RETRY: Duration = Duration::from_secs(1);
+
+/// The payload and progress columns as JSON, or why one of them is not.
+type Parsed = (Option<serde_json::Value>, Option<serde_json::Value>);
+
+fn parse(job: &ClaimedJob) -> Result<Parsed, Permanent> {
+    let column = |name: &str, text: Option<&str>| match text {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| Permanent::new(format!("{name} is not valid JSON: {e}"))),
+    };
+    Ok((
+        column("payload", job.payload.as_deref())?,
+        column("progress", job.progress.as_deref())?,
+    ))
+}
 
 pub struct JobContext {
     job: ClaimedJob,
@@ -25,48 +39,45 @@ pub struct JobContext {
     /// The last checkpoint of an earlier run, parsed likewise.
     progress: Option<serde_json::Value>,
     replica: Arc<Replica>,
-    /// Fired when the job is no longer this replica's to run; the daemon then drops the handler.
-    lost: CancellationToken,
-    /// Fired when the lease lapses; the daemon then drops the handler and gives the job back.
-    lapsed: CancellationToken,
-    pause: Arc<PauseSignal>,
-    /// The consumer slot this run holds; empty while paused. A `std::sync::Mutex`: it is only
-    /// swapped, never held across an `.await`.
-    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// The job's slot and wires, held by the run: it gives the slot back while paused, fires
+    /// `lost` when the job is no longer this replica's and `lapsed` when its lease lapses (the
+    /// daemon then drops the handler), and reads `pause`.
+    held: HeldJob,
     /// When a sign of life of this run last reached the database: the run holds the job as a
     /// lease that lasts `dead_after` from then (see [`JobContext::heartbeat`]).
     vouched: Mutex<Instant>,
 }
 
 impl JobContext {
-    /// Builds the context, or says in words why the row's payload or progress cannot be used.
-    /// The run's slot comes with [`JobContext::swap_slot`].
+    /// Builds the context, or says in words why the row's payload or progress cannot be used;
+    /// the job, `held`, then comes back with the reason, to be failed for it.
     pub(crate) fn new(
         job: ClaimedJob,
         replica: Arc<Replica>,
-        lost: CancellationToken,
-        lapsed: CancellationToken,
-        pause: Arc<PauseSignal>,
-    ) -> Result<Self, Permanent> {
-        let parse = |column: &str, text: Option<&str>| match text {
-            None => Ok(None),
-            Some(text) => serde_json::from_str(text)
-                .map(Some)
-                .map_err(|e| Permanent::new(format!("{column} is not valid JSON: {e}"))),
+        held: HeldJob,
+    ) -> Result<Self, (Permanent, HeldJob)> {
+        let (payload, progress) = match parse(&job) {
+            Ok(parsed) => parsed,
+            Err(reason) => return Err((reason, held)),
         };
-        let payload = parse("payload", job.payload.as_deref())?;
-        let progress = parse("progress", job.progress.as_deref())?;
         Ok(JobContext {
             job,
             payload,
             progress,
             replica,
-            lost,
-            lapsed,
-            pause,
-            slot: Mutex::new(None),
+            held,
             vouched: Mutex::new(Instant::now()),
         })
+    }
+
+    /// The job as the run holds it.
+    pub(crate) fn held(&self) -> &HeldJob {
+        &self.held
+    }
+
+    /// The job back from the run, once it has ended.
+    pub(crate) fn into_held(self) -> HeldJob {
+        self.held
     }
 
     pub fn id(&self) -> i64 {
@@ -163,7 +174,7 @@ impl JobContext {
             Err(_) => "no answer".to_owned(),
         };
         self.unvouched(&error).await;
-        if self.pause.requested() {
+        if self.held.wires().pause.requested() {
             self.pause_here().await;
         }
     }
@@ -180,7 +191,7 @@ impl JobContext {
                 ?lease,
                 "no sign of life reached the database within the lease; stopping, as another replica may take the job over"
             );
-            self.lapsed.cancel();
+            self.held.wires().lapsed.cancel();
             std::future::pending::<()>().await;
         }
         tracing::debug!(job = id, %error, "heartbeat not recorded");
@@ -235,7 +246,7 @@ impl JobContext {
             self.stop_here().await;
         }
         self.vouched_now();
-        if self.pause.requested() {
+        if self.held.wires().pause.requested() {
             self.pause_here().await;
         }
     }
@@ -258,50 +269,37 @@ impl JobContext {
                 return;
             }
         }
-        replica.held.set(id, State::Paused);
-        drop(self.swap_slot(None));
-        replica.slot_freed();
+        let held = &self.held;
+        held.set(State::Paused);
+        held.give_up_slot();
         tracing::info!(job = id, "paused");
         loop {
             // Waits for a wake-up, not a timer: a paused job costs no CPU. A job taken away
             // meanwhile is dropped by the daemon, wherever it waits.
-            self.pause.lifted().await;
-            let Ok(slot) = Arc::clone(&replica.slots).acquire_owned().await else {
+            held.wires().pause.lifted().await;
+            if !held.take_back_slot().await {
                 self.stop_here().await
-            };
+            }
             match replica.store.resume(id, &replica.worker).await {
                 Ok(true) => {
                     self.vouched_now();
-                    self.swap_slot(Some(slot));
-                    replica.held.set(id, State::Running);
+                    held.set(State::Running);
                     tracing::info!(job = id, "resumed");
                     return;
                 }
                 Ok(false) => self.stop_here().await,
                 Err(error) => {
                     tracing::warn!(job = id, %error, "could not resume; trying again");
-                    drop(slot);
+                    held.give_up_slot();
                     tokio::time::sleep(RESUME_RETRY).await;
                 }
             }
         }
     }
 
-    /// Puts `slot` in the run's hands and returns the one it held, if any.
-    pub(crate) fn swap_slot(
-        &self,
-        slot: Option<OwnedSemaphorePermit>,
-    ) -> Option<OwnedSemaphorePermit> {
-        let mut held = self
-            .slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        std::mem::replace(&mut *held, slot)
-    }
-
     /// The job was taken away: tell the daemon, which drops this handler, and go no further.
     async fn stop_here(&self) -> ! {
-        self.lost.cancel();
+        self.held.wires().lost.cancel();
         std::future::pending().await
     }
 }

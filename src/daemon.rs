@@ -10,12 +10,11 @@
 //! then is left to the other replicas' dead-job sweep, as after a crash.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,7 +24,7 @@ use crate::completer::{self, Completer};
 use crate::config::Config;
 use crate::consumer::{self, Pool};
 use crate::handlers::Handlers;
-use crate::held::Held;
+use crate::held::{Held, Slots};
 use crate::publisher::{self, Controls, DeadJobs, NewJobs};
 use crate::replica::{self, Replica};
 use crate::store::{Store, Wakes};
@@ -89,13 +88,13 @@ impl Daemon {
         replica::remove(&config.health_file).await;
         replica::remove(&liveness_file).await;
         let ticker = tokio::spawn(replica::keep_alive(liveness_file.clone(), shutdown.clone()));
+        let wakes = Wakes::default();
+        let slots = Slots::new(consumers, Arc::clone(&wakes.new_jobs));
         let replica = Arc::new(Replica {
             store: Arc::clone(&self.store),
             worker: Arc::clone(&self.worker),
-            held: Held::new(),
-            slots: Arc::new(Semaphore::new(consumers)),
-            backlog: AtomicBool::new(false),
-            wakes: Wakes::default(),
+            held: Arc::new(Held::new(slots)),
+            wakes,
             heartbeat_interval: config.heartbeat_interval(),
             dead_after: config.dead_after,
             health_file: config.health_file.clone(),

@@ -1,5 +1,5 @@
-//! What the loops and tasks of one replica share: its store and id, the jobs it holds, and the
-//! consumer slots that bound how many of them it runs; and the two files the probes read.
+//! What the loops and tasks of one replica share: its store and id, the jobs it holds (with the
+//! consumer slots that bound how many of them it runs); and the two files the probes read.
 //!
 //! Liveness and readiness are separate files because an outage must make a replica unready
 //! without making it look dead: Kubernetes restarts a container that fails its liveness probe,
@@ -9,10 +9,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::held::Held;
@@ -22,13 +20,8 @@ pub(crate) struct Replica {
     pub store: Arc<dyn Store>,
     /// This process's id in the `worker` column.
     pub worker: Arc<str>,
-    pub held: Held,
-    /// One permit per consumer, taken by the new-jobs publisher with each claimed job and given
-    /// back when the job ends or pauses: running jobs never outnumber the consumers.
-    pub slots: Arc<Semaphore>,
-    /// Set by the new-jobs publisher when its last pass could have claimed more than it had
-    /// slots for; read when a slot frees, to wake it at once.
-    pub backlog: AtomicBool,
+    /// Shared with every [`HeldJob`](crate::held::HeldJob), which lets go of its own entry.
+    pub held: Arc<Held>,
     pub wakes: Wakes,
     /// How often a running job should prove it is alive.
     pub heartbeat_interval: Duration,
@@ -44,13 +37,6 @@ impl Replica {
     /// file that cannot be written makes the probe fail, which is what it should do.
     pub async fn reached_database(&self) {
         write_now(&self.health_file).await;
-    }
-
-    /// A slot came free: if work is waiting, claim it now rather than at the next poll.
-    pub fn slot_freed(&self) {
-        if self.backlog.load(Ordering::Relaxed) {
-            self.wakes.new_jobs.notify_one();
-        }
     }
 }
 

@@ -2,7 +2,6 @@
 //! more than the pool has free slots for, so a replica never hoards jobs it cannot start soon.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
@@ -25,12 +24,9 @@ impl Publisher for NewJobs {
 
     async fn run_once(&mut self) -> Result<bool> {
         let replica = &self.replica;
-        let mut slots = Vec::new();
-        while let Ok(slot) = Arc::clone(&replica.slots).try_acquire_owned() {
-            slots.push(slot);
-        }
+        let slots = replica.held.slots.take_free();
         if slots.is_empty() {
-            replica.backlog.store(true, Ordering::Relaxed);
+            replica.held.slots.set_backlog(true);
             return Ok(false);
         }
         let wanted = u32::try_from(slots.len()).unwrap_or(u32::MAX);
@@ -42,7 +38,7 @@ impl Publisher for NewJobs {
         };
         let jobs = replica.store.claim(&claim).await?;
         let full = jobs.len() == slots.len();
-        replica.backlog.store(full, Ordering::Relaxed);
+        replica.held.slots.set_backlog(full);
         for (job, slot) in jobs.into_iter().zip(slots) {
             let id = job.id;
             let state = if self.start {
@@ -50,20 +46,15 @@ impl Publisher for NewJobs {
             } else {
                 State::Queued
             };
-            let wires = replica.held.enter(id, state);
-            if self
-                .channel
-                .send(Claimed {
-                    job,
-                    slot,
-                    wires,
-                    started: self.start,
-                })
-                .await
-                .is_err()
-            {
-                // The pool has stopped taking jobs (shutdown): give this one back at once.
-                replica.held.remove(id);
+            let held = replica.held.enter(id, state, slot);
+            let claimed = Claimed {
+                job,
+                held,
+                started: self.start,
+            };
+            // The pool has stopped taking jobs (shutdown): the refused job, dropped here, lets
+            // go of its entry and slot, and goes back to NEW at once.
+            if self.channel.send(claimed).await.is_err() {
                 replica.store.release(&replica.worker, Some(id)).await?;
             }
         }
