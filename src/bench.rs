@@ -174,9 +174,10 @@ async fn drain(
     let polls = until_finished(store, &mut child).await?;
     let seconds = started.elapsed().as_secs_f64();
     let pid = child.id().context("daemon pid")?;
-    let peak = memory(pid, "VmHWM")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The high-water mark after the idle time, so that it covers whatever idling touched too.
     let idle = memory(pid, "VmRSS")?;
+    let peak = memory(pid, "VmHWM")?;
     // The daemon's database sessions report their counts as they end.
     stop(child).await?;
     let after = store.statements().await?;
