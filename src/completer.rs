@@ -35,6 +35,7 @@ impl Completer {
             for (id, _) in &batch {
                 self.replica.held.finished(*id);
             }
+            self.replica.held.slots.outcomes_written();
             batch.clear();
         }
         tracing::debug!("completer stopped");

@@ -54,6 +54,8 @@ pub struct Config {
     /// The largest `payload` or `progress` a job may have: a larger one ends FAILED without
     /// ever being loaded, so one row cannot take a replica's memory.
     pub max_payload_bytes: u64,
+    /// The only queues this replica serves; empty, every queue.
+    pub queues: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -113,17 +115,21 @@ impl Config {
         builder = builder
             .set_default("csv_tables", Vec::<String>::new())
             .map_err(wrap)?
+            .set_default("queues", Vec::<String>::new())
+            .map_err(wrap)?
             .add_source(Environment::with_prefix("JOBSD").try_parsing(false));
         // A list in one variable, comma-separated; `config` would only split it if it also
         // guessed the type of every other variable.
-        if let Ok(tables) = std::env::var("JOBSD_CSV_TABLES") {
-            let tables: Vec<String> = tables
-                .split(',')
-                .map(str::trim)
-                .filter(|table| !table.is_empty())
-                .map(str::to_owned)
-                .collect();
-            builder = builder.set_override("csv_tables", tables).map_err(wrap)?;
+        for list in ["csv_tables", "queues"] {
+            if let Ok(items) = std::env::var(env_name(list)) {
+                let items: Vec<String> = items
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                builder = builder.set_override(list, items).map_err(wrap)?;
+            }
         }
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database_url", url).map_err(wrap)?;
@@ -181,6 +187,16 @@ impl Config {
                 "max_payload_bytes ({}) must be between 1024 and 1073741824, got {}",
                 env_name("max_payload_bytes"),
                 self.max_payload_bytes
+            )));
+        }
+        if let Some(queue) = self
+            .queues
+            .iter()
+            .find(|queue| queue.is_empty() || queue.chars().count() > 128)
+        {
+            return Err(ConfigError(format!(
+                "queues ({}): {queue:?} is not a queue name; names are 1 to 128 characters",
+                env_name("queues")
             )));
         }
         if self.worker_id.trim().is_empty() || self.worker_id.len() > 200 {

@@ -68,15 +68,16 @@ impl Pool {
                     None => break,
                 },
             };
-            if let Some(limiter) = &self.limiter {
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => {
-                        self.give_back(claimed).await;
-                        break;
-                    }
-                    () = limiter.until_ready() => {}
-                }
+            if let Some(at) = claimed.not_before {
+                // Its queue reserved a later start: it waits in a task of its own, so that the
+                // jobs behind it in the channel do not wait with it.
+                let (pool, stop) = (Arc::clone(&self), stop.clone());
+                jobs.spawn(async move { pool.run_paced(claimed, at, stop).await });
+                continue;
+            }
+            if !self.ready(&stop).await {
+                self.give_back(claimed).await;
+                break;
             }
             let pool = Arc::clone(&self);
             jobs.spawn(async move { pool.run_job(claimed).await });
@@ -92,6 +93,32 @@ impl Pool {
         }
     }
 
+    /// Waits for the replica's own rate limiter; `false` if `stop` came first.
+    async fn ready(&self, stop: &CancellationToken) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => false,
+            () = limiter.until_ready() => true,
+        }
+    }
+
+    /// Runs a job at the start its queue's rate reserved, and the replica's limiter allows.
+    async fn run_paced(&self, claimed: Claimed, at: tokio::time::Instant, stop: CancellationToken) {
+        let due = tokio::select! {
+            biased;
+            () = stop.cancelled() => false,
+            () = tokio::time::sleep_until(at) => true,
+        };
+        if due && self.ready(&stop).await {
+            self.run_job(claimed).await;
+        } else {
+            self.give_back(claimed).await;
+        }
+    }
+
     /// A claimed job this replica will not start after all goes back to NEW for anyone to take.
     async fn give_back(&self, claimed: Claimed) {
         let (id, replica) = (claimed.job.id, &self.replica);
@@ -103,7 +130,9 @@ impl Pool {
     }
 
     async fn run_job(&self, claimed: Claimed) {
-        let Claimed { job, held, started } = claimed;
+        let Claimed {
+            job, held, started, ..
+        } = claimed;
         let (id, replica) = (job.id, &self.replica);
         if !(started || self.start(&held).await) {
             // Dropping `held` lets go of the job and frees its slot.

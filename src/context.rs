@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::held::{HeldJob, State};
 use crate::job::{ClaimedJob, Permanent};
 use crate::replica::Replica;
+use crate::store::{Resume, Resumed};
 
 /// How long to wait before trying again to resume a job the database would not resume.
 const RESUME_RETRY: Duration = Duration::from_secs(1);
@@ -280,14 +281,26 @@ impl JobContext {
             if !held.take_back_slot().await {
                 self.stop_here().await
             }
-            match replica.store.resume(id, &replica.worker).await {
-                Ok(true) => {
+            let resume = Resume {
+                id,
+                worker: &replica.worker,
+                queue: &self.job.queue,
+                dead_after: replica.dead_after,
+            };
+            match replica.store.resume(&resume).await {
+                Ok(Resumed::Yes) => {
                     self.vouched_now();
                     held.set(State::Running);
                     tracing::info!(job = id, "resumed");
                     return;
                 }
-                Ok(false) => self.stop_here().await,
+                Ok(Resumed::Lost) => self.stop_here().await,
+                Ok(Resumed::Wait) => {
+                    // Its queue is paused or full: the job stays paused until there is room.
+                    tracing::debug!(job = id, queue = %self.job.queue, "resume waits for its queue");
+                    held.give_up_slot();
+                    tokio::time::sleep(RESUME_RETRY).await;
+                }
                 Err(error) => {
                     tracing::warn!(job = id, %error, "could not resume; trying again");
                     held.give_up_slot();

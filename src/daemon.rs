@@ -114,10 +114,11 @@ impl Daemon {
         });
         let limiter = consumer::limiter(config.rate_per_second);
         let new_jobs = NewJobs {
-            replica: Arc::clone(&replica),
-            channel: claimed_tx,
             start: limiter.is_none(),
             max_bytes: config.max_payload_bytes,
+            served: config.queues.clone(),
+            poll_interval: config.poll_interval,
+            ..NewJobs::new(Arc::clone(&replica), claimed_tx)
         };
         let wake = Some(Arc::clone(&replica.wakes.new_jobs));
         loops.spawn(publisher::drive(

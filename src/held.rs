@@ -53,6 +53,8 @@ pub(crate) struct Claimed {
     pub held: HeldJob,
     /// The claim started it already (no rate limit stands between claim and start).
     pub started: bool,
+    /// Not before this moment: the start its queue's rate reserved for it.
+    pub not_before: Option<tokio::time::Instant>,
 }
 
 pub(crate) struct Held {
@@ -85,6 +87,9 @@ pub(crate) struct Slots {
     /// Set by the new-jobs publisher when its last pass could have claimed more than it had
     /// slots for; read when a slot frees, to wake it at once.
     backlog: AtomicBool,
+    /// Set by the new-jobs publisher when a queue's concurrency or rate held its last claim
+    /// back; read when outcomes are written, since a finished job makes room in its queue.
+    held_back: AtomicBool,
     /// The new-jobs publisher's wake-up.
     wake: Arc<Notify>,
 }
@@ -94,6 +99,7 @@ impl Slots {
         Slots {
             free: Arc::new(Semaphore::new(consumers)),
             backlog: AtomicBool::new(false),
+            held_back: AtomicBool::new(false),
             wake,
         }
     }
@@ -112,6 +118,19 @@ impl Slots {
     /// Whether the new-jobs publisher's last pass left work it had no slot for.
     pub fn set_backlog(&self, backlog: bool) {
         self.backlog.store(backlog, Ordering::Relaxed);
+    }
+
+    /// Whether a queue's limit held back the new-jobs publisher's last pass.
+    pub fn set_held_back(&self, held_back: bool) {
+        self.held_back.store(held_back, Ordering::Relaxed);
+    }
+
+    /// Outcomes were written: if a queue's limit held work back, claim again now, as the
+    /// jobs that ended no longer count in their queues.
+    pub fn outcomes_written(&self) {
+        if self.held_back.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
     }
 
     /// A slot came free: if work is waiting, claim it now rather than at the next poll.

@@ -178,6 +178,9 @@ impl ControlRequest {
 pub struct ClaimedJob {
     pub id: i64,
     pub kind: String,
+    pub queue: String,
+    /// Lower first.
+    pub priority: i16,
     pub object_id: Option<i64>,
     /// Nanoseconds, for kind `sleep`.
     pub sleep: Option<i64>,
@@ -191,6 +194,8 @@ pub struct ClaimedJob {
     /// Why the row cannot run at all (a value of the wrong type or over `max_payload_bytes`,
     /// attempts already used up): the run ends FAILED with this reason without a handler.
     pub unfit: Option<String>,
+    /// How long after the claim its queue's rate lets it start; `None`: at once.
+    pub wait: Option<std::time::Duration>,
 }
 
 crate::row::table_row! {
@@ -218,6 +223,8 @@ crate::row::table_row! {
         pub control: Option<String>,
         pub progress: Option<String>,
         pub worker: Option<String>,
+        pub queue: String,
+        pub priority: i16,
     }
 }
 
@@ -230,6 +237,8 @@ pub struct NewJob {
     pub payload: Option<String>,
     pub run_at: Option<DateTime<Utc>>,
     pub max_attempts: Option<i32>,
+    pub queue: Option<String>,
+    pub priority: Option<i16>,
 }
 
 impl NewJob {

@@ -73,6 +73,17 @@ enum Command {
         /// Runs allowed before the job fails for good
         #[arg(long)]
         max_attempts: Option<i32>,
+        /// The job's queue [default: default]
+        #[arg(long)]
+        queue: Option<String>,
+        /// Lower starts first [default: 0]
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i16>,
+    },
+    /// Pause or resume a queue on every replica (as `UPDATE queues SET paused_at = …`)
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
     },
     /// Exit 0 if a `jobsd run` on this machine is alive (liveness probe), or with --ready if it
     /// reached the database within MAX_AGE (readiness probe)
@@ -105,6 +116,14 @@ enum Command {
     Resume { id: i64 },
     /// Ask for a job to be cancelled, running or not
     Terminate { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// No job of the queue starts until it is resumed; running ones finish
+    Pause { name: String },
+    /// The queue's jobs start again
+    Resume { name: String },
 }
 
 fn parse_run_at(text: &str) -> Result<DateTime<Utc>, String> {
@@ -192,6 +211,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Status { limit } => {
             let rows = store.rows(&[], limit).await?;
             println!("{}", table::render(&rows));
+            println!("{}", table::queues(&store.queue_counts().await?));
             println!("{}", table::totals(&store.counts().await?));
         }
         Command::Enqueue {
@@ -201,6 +221,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             object_id,
             run_at,
             max_attempts,
+            queue,
+            priority,
         } => {
             store::migrate(store.as_ref(), &config.database_url).await?;
             let job = NewJob {
@@ -210,6 +232,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 payload,
                 run_at,
                 max_attempts,
+                queue,
+                priority,
             };
             println!("{}", store.insert(&job).await?);
         }
@@ -234,6 +258,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Pause { id } => request(&*store, id, Control::Pause).await?,
         Command::Resume { id } => request(&*store, id, Control::Resume).await?,
         Command::Terminate { id } => request(&*store, id, Control::Terminate).await?,
+        Command::Queue { action } => {
+            let (name, paused) = match action {
+                QueueAction::Pause { name } => (name, true),
+                QueueAction::Resume { name } => (name, false),
+            };
+            store.pause_queue(&name, paused).await?;
+            let state = if paused { "paused" } else { "running" };
+            println!("queue {name:?} {state}");
+        }
     }
     Ok(())
 }

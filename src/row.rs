@@ -64,17 +64,22 @@ where
     }
 }
 
-/// A count that cannot be read is 0.
-impl<'r, R> Column<'r, R> for i32
-where
-    R: Row,
-    &'r str: ColumnIndex<R>,
-    i32: Decode<'r, R::Database> + Type<R::Database>,
-{
-    fn read(row: &'r R, name: &'r str) -> Result<Self, sqlx::Error> {
-        Ok(row.try_get(name).unwrap_or_default())
-    }
+/// A count (or a priority) that cannot be read is 0.
+macro_rules! zero_if_unreadable {
+    ($($t:ty),*) => {$(
+        impl<'r, R> Column<'r, R> for $t
+        where
+            R: Row,
+            &'r str: ColumnIndex<R>,
+            $t: Decode<'r, R::Database> + Type<R::Database>,
+        {
+            fn read(row: &'r R, name: &'r str) -> Result<Self, sqlx::Error> {
+                Ok(row.try_get(name).unwrap_or_default())
+            }
+        }
+    )*};
 }
+zero_if_unreadable!(i16, i32);
 
 /// Text that cannot be read is empty.
 impl<'r, R> Column<'r, R> for String

@@ -62,6 +62,31 @@ pub fn totals(counts: &[(Status, i64)]) -> String {
     format!("{total} {noun}: {}", parts.join(", "))
 }
 
+/// A table of how many jobs each queue has in each status, the statuses in the order of a
+/// job's life.
+pub fn queues(counts: &[(String, Status, i64)]) -> String {
+    let mut table = Table::new();
+    let mut header = vec!["queue".to_owned()];
+    header.extend(Status::ALL.iter().map(ToString::to_string));
+    table
+        .load_preset(presets::ASCII_MARKDOWN)
+        .set_header(header);
+    let mut names: Vec<&str> = counts.iter().map(|(queue, _, _)| queue.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let mut line = vec![name.to_owned()];
+        line.extend(Status::ALL.iter().map(|status| {
+            counts
+                .iter()
+                .find(|(queue, s, _)| queue == name && s == status)
+                .map_or(0, |(_, _, count)| *count)
+                .to_string()
+        }));
+        table.add_row(line);
+    }
+    table.to_string()
+}
+
 fn optional(value: Option<i64>) -> String {
     value
         .map(|v| v.to_string())

@@ -12,24 +12,49 @@ pub struct Claim<'a> {
     pub worker: &'a str,
     /// At most this many jobs: the consumer slots free right now.
     pub limit: u32,
-    /// Start them in the same write: no rate limit stands between claim and start.
+    /// Start them in the same write: no rate limit stands between claim and start. A claim
+    /// from a queue with a rate of its own never starts them: each waits for its turn.
     pub start: bool,
     /// A `payload`, `progress` or `kind` longer than this many bytes is not fetched; its job
     /// ends FAILED.
     pub max_bytes: u64,
+    /// Which queues the jobs may come from.
+    pub scope: Scope<'a>,
+    /// For a queue's concurrency: a QUEUED or RUNNING job counts while its last sign of life
+    /// is younger than this (a dead replica's jobs stop counting).
+    pub dead_after: std::time::Duration,
+    /// For a queue's rate: starts are reserved at most this far ahead.
+    pub ahead: std::time::Duration,
+}
+
+/// The queues a claim takes jobs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every queue without a pause or a limit in the `queues` table.
+    Unlimited,
+    /// Those of the named queues without a pause or a limit (the `queues` setting).
+    UnlimitedOf(&'a [String]),
+    /// One queue with a limit: its `queues` row is locked, and the claim takes only what the
+    /// pause, the concurrency and the rate allow.
+    Limited(&'a str),
 }
 
 impl<'a> Claim<'a> {
-    /// A claim with the default `max_payload_bytes`.
+    /// A claim from every unlimited queue, with the default `max_payload_bytes` and
+    /// `dead_after`.
     pub fn new(worker: &'a str, limit: u32, start: bool) -> Self {
         Claim {
             worker,
             limit,
             start,
             max_bytes: 1 << 20,
+            scope: Scope::Unlimited,
+            dead_after: std::time::Duration::from_secs(10),
+            ahead: std::time::Duration::from_secs(2),
         }
     }
 }
+
 /// One more attempt, saturating: a row a user wrote with `attempts` at the column's maximum
 /// must not make the whole statement fail ("out of range") and take the other rows with it.
 pub(super) const NEXT_ATTEMPT: &str =
@@ -38,32 +63,12 @@ pub(super) const NEXT_ATTEMPT: &str =
 /// One attempt given back, never below zero (a user may write `attempts = 0` on any row).
 pub(super) const ATTEMPT_BACK: &str = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END";
 
-/// The SET of a claim: QUEUED, or with `start` RUNNING as well; `now` is the dialect's clock.
-pub(super) fn claimed_as(start: bool, now: &str) -> String {
-    if start {
-        format!("status = 'RUNNING', started_at = {now}, {NEXT_ATTEMPT}")
-    } else {
-        "status = 'QUEUED'".to_owned()
-    }
-}
+/// The big text columns a claim fetches only when they fit `max_payload_bytes`, each with its
+/// size beside it (`<column>_bytes`), so a huge value is never sent to the replica at all.
+pub(super) const GATED: [&str; 3] = ["kind", "payload", "progress"];
 
-/// The columns a claim returns: what [`claimed`] decodes. Each big text comes only when it
-/// fits `max` bytes, with its size beside it, so a huge value is never sent to the replica at
-/// all. `size` is the dialect's byte length of a column, as a 64-bit integer.
-pub(super) fn claimed_columns(size: fn(&str) -> String, max: &str) -> String {
-    let gated = |column: &str| {
-        let bytes = size(column);
-        format!(
-            "CASE WHEN {bytes} <= {max} THEN {column} END AS {column}, {bytes} AS {column}_bytes"
-        )
-    };
-    format!(
-        "id, {}, object_id, sleep, {}, {}, attempts, max_attempts",
-        gated("kind"),
-        gated("payload"),
-        gated("progress")
-    )
-}
+/// The other columns a claim returns.
+pub(super) const PLAIN: &str = "id, queue, priority, object_id, sleep, attempts, max_attempts";
 
 /// Decodes one claimed row, each on its own. A value that does not decode, or a text over
 /// `max_bytes`, makes the job unfit to run rather than failing the claim: the other rows of the
@@ -74,6 +79,7 @@ where
     for<'c> &'c str: sqlx::ColumnIndex<R>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i16: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     // The id always decodes (an integer key); without it the row could not even be failed.
@@ -105,6 +111,14 @@ where
         }
     };
     let kind = get("kind", "kind_bytes").unwrap_or_default();
+    // Always readable (a VARCHAR, or checked text on SQLite); a row that says otherwise still
+    // runs in the default queue's place rather than failing.
+    let queue: String = row
+        .try_get::<Option<String>, _>("queue")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "default".to_owned());
+    let priority: i16 = row.try_get("priority").unwrap_or_default();
     let payload = get("payload", "payload_bytes");
     let progress = get("progress", "progress_bytes");
     let number = |column: &str, unfit: &mut Vec<String>| -> Option<i64> {
@@ -132,6 +146,8 @@ where
     Ok(ClaimedJob {
         id,
         kind,
+        queue,
+        priority,
         object_id,
         sleep,
         payload,
@@ -139,6 +155,7 @@ where
         attempts,
         max_attempts,
         unfit: (!unfit.is_empty()).then(|| unfit.join("; ")),
+        wait: None,
     })
 }
 
@@ -169,6 +186,7 @@ where
     for<'c> &'c str: sqlx::ColumnIndex<R>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i16: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let jobs = rows
@@ -181,8 +199,9 @@ where
 /// What a claim returns: `attempts` counted before the run, whether or not the claim started it,
 /// oldest first; a job whose attempts were used up before it ran is unfit to run.
 pub(super) fn before_run(mut jobs: Vec<ClaimedJob>, started: bool) -> Vec<ClaimedJob> {
-    // RETURNING keeps no order; start the oldest first.
-    jobs.sort_by_key(|job| job.id);
+    // RETURNING keeps no order; start them in the claim's (run_at aside, which ids follow
+    // closely enough for jobs of one priority).
+    jobs.sort_by_key(|job| (job.priority, job.id));
     for job in &mut jobs {
         // A count the claim found at its maximum stayed there (`NEXT_ATTEMPT`): it was used up.
         if started && job.attempts < i32::MAX {

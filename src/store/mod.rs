@@ -28,8 +28,8 @@ use crate::job::{
     Settlement, Status,
 };
 
-pub use claim::Claim;
-use claim::{ATTEMPT_BACK, NEXT_ATTEMPT, claimed_as, claimed_columns, claimed_rows};
+use claim::{ATTEMPT_BACK, NEXT_ATTEMPT};
+pub use claim::{Claim, Scope};
 pub use files::{ImportBatch, is_identifier};
 pub use secrets::{redact, scrub, scrub_all, secrets};
 pub use sql::SqlStore;
@@ -42,9 +42,9 @@ pub type TextRow = Vec<Option<String>>;
 /// The database operations of jobsd, by duty. Methods that change a job return whether they
 /// won: `false` means the row was not in the expected state (another replica or the canceller
 /// got there first), which callers treat as a normal outcome, not an error.
-pub trait Store: Lifecycle + Controls + Files + Inspect + Schema + 'static {}
+pub trait Store: Lifecycle + Controls + Queues + Files + Inspect + Schema + 'static {}
 
-impl<T: Lifecycle + Controls + Files + Inspect + Schema + 'static> Store for T {}
+impl<T: Lifecycle + Controls + Queues + Files + Inspect + Schema + 'static> Store for T {}
 
 /// A job's way from NEW to its end, as the replica that holds it, or the sweep for dead jobs,
 /// writes it.
@@ -53,9 +53,14 @@ pub trait Lifecycle: Send + Sync {
     /// Inserts one job with the table's defaults for whatever `job` leaves out.
     async fn insert(&self, job: &NewJob) -> Result<i64>;
 
-    /// Claims up to `claim.limit` NEW jobs whose `run_at` has come, by `run_at` then id: QUEUED,
-    /// `queued_at`, `worker`. Rows another replica is claiming at the same moment are skipped,
-    /// not waited for.
+    /// Claims up to `claim.limit` NEW jobs whose `run_at` has come, by `priority`, then `run_at`,
+    /// then id: QUEUED, `queued_at`, `worker`. Rows another replica is claiming at the same
+    /// moment are skipped, not waited for.
+    ///
+    /// [`Scope::Unlimited`] takes jobs only from queues without a pause or a limit in the
+    /// `queues` table, as it stands at the claim. [`Scope::Limited`] locks the queue's row and
+    /// takes only what its pause, concurrency and rate allow; with a rate, each job comes with
+    /// its [`ClaimedJob::wait`], the start the queue reserved for it.
     ///
     /// With `claim.start`, the same write also starts them (RUNNING, `started_at` = `queued_at`,
     /// one more attempt): a replica without a rate limit starts what it claims at once, so the
@@ -115,8 +120,9 @@ pub trait Controls: Send + Sync {
     /// carried out is cleared: a terminate written meanwhile must stay.
     async fn pause(&self, id: i64, worker: &str) -> Result<bool>;
 
-    /// PAUSED by `worker` → RUNNING, clearing the request; the dead-clock starts again.
-    async fn resume(&self, id: i64, worker: &str) -> Result<bool>;
+    /// PAUSED by `worker` → RUNNING, clearing the request; the dead-clock starts again. A job
+    /// whose queue is paused, or at its concurrency, waits ([`Resumed::Wait`]).
+    async fn resume(&self, resume: &Resume<'_>) -> Result<Resumed>;
 
     /// Jobs with a pending `control` request and an id above `after`, in id order; `silent`
     /// says whether the holder has vouched for the row within `dead_after`. Callers page
@@ -135,6 +141,20 @@ pub trait Controls: Send + Sync {
     /// Writes a control request, exactly as `UPDATE jobs SET control = … WHERE id = …` would;
     /// `false` if there is no such job.
     async fn request(&self, id: i64, control: Control) -> Result<bool>;
+}
+
+/// The `queues` table: the queues users pause and limit with plain SQL.
+#[async_trait]
+pub trait Queues: Send + Sync {
+    /// Every row of `queues`, by name.
+    async fn queues(&self) -> Result<Vec<QueueRow>>;
+
+    /// Pauses queue `name` (`paused`) or lets it run, as `UPDATE queues SET paused_at = …`
+    /// does, making its row if it has none.
+    async fn pause_queue(&self, name: &str, paused: bool) -> Result<()>;
+
+    /// How many jobs each queue has in each status.
+    async fn queue_counts(&self) -> Result<Vec<(String, Status, i64)>>;
 }
 
 /// What the file kinds read and write: users' own tables.
@@ -200,6 +220,103 @@ pub trait Schema: Send + Sync {
     /// Wakes the publishers in `wakes` when jobs are inserted or control requests written,
     /// until `stop`. Backends that cannot be told return at once, and the publishers poll.
     async fn watch(&self, wakes: Wakes, stop: CancellationToken);
+}
+
+/// A resume of a paused job that a replica holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume<'a> {
+    pub id: i64,
+    pub worker: &'a str,
+    /// The job's queue, whose pause and concurrency the resume respects.
+    pub queue: &'a str,
+    /// How fresh a sign of life must be for a job to count in the queue's concurrency.
+    pub dead_after: Duration,
+}
+
+/// What became of a resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// RUNNING again.
+    Yes,
+    /// The job is no longer this worker's (terminated, or taken over).
+    Lost,
+    /// Its queue is paused or at its concurrency: still PAUSED; try again later.
+    Wait,
+}
+
+/// A row of `queues`, as the replicas read it to know which queues to claim from one by one.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct QueueRow {
+    pub name: String,
+    /// 1 when `paused_at` is set.
+    pub paused: i64,
+    pub concurrency: Option<i64>,
+    pub rate_per_second: Option<f64>,
+}
+
+impl QueueRow {
+    /// Whether its jobs are claimed one queue at a time, under its row's lock.
+    pub fn limited(&self) -> bool {
+        self.paused == 0 && (self.concurrency.is_some() || self.rate_per_second.is_some())
+    }
+}
+
+/// A limited queue's row, locked, with the database's time.
+#[derive(Debug, Clone)]
+struct QueueLimits {
+    paused: bool,
+    concurrency: Option<i64>,
+    rate_per_second: Option<f64>,
+    next_start_at: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+impl QueueLimits {
+    /// Reads the row of [`statements::Sql::lock_queue`]. A value that cannot be read (SQLite
+    /// text a user wrote into `next_start_at`) is taken as unknown, which never lets more run.
+    fn read<R>(row: &R) -> Result<Self>
+    where
+        R: sqlx::Row,
+        for<'c> &'c str: sqlx::ColumnIndex<R>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> chrono::DateTime<chrono::Utc>:
+            sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(QueueLimits {
+            paused: row
+                .try_get::<i64, _>("paused")
+                .map_or(true, |paused| paused != 0),
+            concurrency: row.try_get("concurrency").unwrap_or(Some(0)),
+            rate_per_second: row
+                .try_get("rate_per_second")
+                .unwrap_or(Some(f64::MIN_POSITIVE)),
+            next_start_at: row.try_get("next_start_at").ok().flatten(),
+            now: row.try_get("now")?,
+        })
+    }
+
+    /// How many starts the queue's rate lets a claim reserve now (at most `wanted`), the first
+    /// of them, and the seconds between them: one `1 / rate` apart, from the next free start
+    /// (never in the past), none further than `ahead` from now. Replicas reserve in turn, under
+    /// the row's lock, so starts across the cluster are never closer than the rate allows.
+    fn starts(&self, wanted: u32, ahead: Duration) -> (u32, chrono::DateTime<chrono::Utc>, f64) {
+        let Some(rate) = self.rate_per_second else {
+            return (wanted, self.now, 0.0);
+        };
+        let gap = 1.0 / rate.max(f64::MIN_POSITIVE);
+        let first = self
+            .next_start_at
+            .map_or(self.now, |next| next.max(self.now));
+        let room = (self.now - first).as_seconds_f64() + ahead.as_secs_f64();
+        let fit = if room < 0.0 {
+            0.0
+        } else {
+            (room / gap).floor() + 1.0
+        };
+        // The cast saturates: a fit beyond u32 is as good as `wanted`.
+        (wanted.min(fit as u32), first, gap)
+    }
 }
 
 /// The publishers a database notification can wake.

@@ -7,17 +7,15 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::files::{ExportDialect, backticked, inserts};
-use super::sql::{Backend, SqlStore, retry_deadlocks};
-use super::statements::{Clock, Dialect, Sql};
-use super::{
-    CONNECT_TIMEOUT, Claim, ImportBatch, Result, claimed_as, claimed_columns, claimed_rows, micros,
-    probe, with_database,
-};
-use crate::job::{ClaimedJob, NewJob};
+use super::sql::{Backend, SqlStore};
+use super::statements::{Clock, Dialect};
+use super::{CONNECT_TIMEOUT, ImportBatch, Result, micros, probe, with_database};
+use crate::job::NewJob;
 
 /// How long a replica waits for another's migrations before it gives up.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
@@ -50,43 +48,29 @@ pub async fn connect(options: MySqlConnectOptions, pool_size: u32) -> Result<Sql
     Ok(SqlStore { pool })
 }
 
-async fn try_claim(pool: &MySqlPool, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
-    let mut tx = pool.begin().await?;
-    // LENGTH counts bytes, from the row's header for an off-page value.
-    let sql = format!(
-        "SELECT {} FROM jobs WHERE status = 'NEW' AND run_at <= NOW(6) \
-         ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
-        claimed_columns(|column| format!("CAST(LENGTH({column}) AS SIGNED)"), "?")
-    );
-    let max = i64::try_from(claim.max_bytes).unwrap_or(i64::MAX);
-    let rows = sqlx::query(&sql)
-        .bind(max)
-        .bind(max)
-        .bind(max)
-        .bind(claim.limit)
-        .fetch_all(&mut *tx)
-        .await?;
-    // The rows were read before the update: `attempts` is already the count before the run.
-    let jobs = claimed_rows(&rows, claim, false)?;
-    if jobs.is_empty() {
-        return Ok(jobs);
-    }
-    let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
-    let mut update = QueryBuilder::<MySql>::new(format!(
-        "UPDATE jobs SET {}, queued_at = NOW(6), heartbeat_at = NULL, worker = ",
-        claimed_as(claim.start, "NOW(6)")
-    ));
-    update.push_bind(claim.worker).push(" WHERE id ");
-    MySql::push_in_ids(&mut update, &ids);
-    update.build().execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(jobs)
-}
-
 /// The server's clock, with microseconds, and microseconds bound as a number.
 impl Dialect for MySql {
     const SAME: &'static str = "<=>";
     const INTEGER: &'static str = "SIGNED";
+
+    /// MySQL has no UPDATE … RETURNING.
+    const RETURNING: bool = false;
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const LOCKED: &'static str = " FOR UPDATE";
+
+    /// LENGTH counts bytes, from the row's header for an off-page value.
+    fn byte_length(column: &str) -> String {
+        format!("CAST(LENGTH({column}) AS SIGNED)")
+    }
+
+    fn push_time(query: &mut QueryBuilder<'_, Self>, at: DateTime<Utc>) {
+        query.push_bind(at);
+    }
+
+    /// Not INSERT IGNORE, which would also hide errors other than the duplicate.
+    fn skip_duplicate(key: &str) -> String {
+        format!(" ON DUPLICATE KEY UPDATE {key} = {key}")
+    }
 
     /// A list of placeholders rather than a JSON_TABLE subquery: MariaDB runs `UPDATE … WHERE
     /// id IN (subquery)` as a scan of the whole table, locking every row on the way.
@@ -150,8 +134,9 @@ impl Backend for MySql {
 
     async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<i64> {
         let done = sqlx::query(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \
-             VALUES (COALESCE(?, 'sleep'), ?, ?, ?, COALESCE(?, 1), COALESCE(?, NOW(6)))",
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority) \
+             VALUES (COALESCE(?, 'sleep'), ?, ?, ?, COALESCE(?, 1), COALESCE(?, NOW(6)), \
+             COALESCE(?, 'default'), COALESCE(?, 0))",
         )
         .bind(&job.kind)
         .bind(job.object_id)
@@ -159,41 +144,11 @@ impl Backend for MySql {
         .bind(&job.payload)
         .bind(job.max_attempts)
         .bind(job.run_at)
+        .bind(&job.queue)
+        .bind(job.priority)
         .execute(pool)
         .await?;
         Ok(i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX))
-    }
-
-    async fn claim(pool: &MySqlPool, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
-        retry_deadlocks(|| try_claim(pool, claim)).await
-    }
-
-    /// MySQL has no UPDATE ... RETURNING: the rows still ours are locked first, and those are
-    /// the ones the statement changes and reports.
-    const DONE_IN_ONE_STATEMENT: bool = false;
-
-    async fn finish_done(
-        connection: &mut MySqlConnection,
-        worker: &str,
-        ids: &[i64],
-    ) -> Result<Vec<i64>> {
-        let mut ours = QueryBuilder::<MySql>::new(
-            "SELECT id FROM jobs WHERE status = 'RUNNING' AND worker = ",
-        );
-        ours.push_bind(worker).push(" AND id ");
-        MySql::push_in_ids(&mut ours, ids);
-        ours.push(" FOR UPDATE");
-        let ours: Vec<i64> = ours
-            .build_query_scalar()
-            .fetch_all(&mut *connection)
-            .await?;
-        if !ours.is_empty() {
-            Sql::finish_done(worker, &ours)
-                .build()
-                .execute(&mut *connection)
-                .await?;
-        }
-        Ok(ours)
     }
 
     async fn columns(pool: &MySqlPool, table: &str) -> Result<Vec<String>> {

@@ -5,18 +5,16 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
 use super::files::{ExportDialect, column_list, double_quoted};
 use super::sql::{Backend, SqlStore};
-use super::statements::{Clock, Dialect, Sql};
-use super::{
-    CONNECT_TIMEOUT, Claim, ImportBatch, Result, Wakes, claimed_as, claimed_columns, claimed_rows,
-    micros, probe, with_database,
-};
-use crate::job::{ClaimedJob, NewJob};
+use super::statements::{Clock, Dialect};
+use super::{CONNECT_TIMEOUT, ImportBatch, Result, Wakes, micros, probe, with_database};
+use crate::job::NewJob;
 
 /// The channel the migration's trigger notifies on every INSERT statement.
 const NEW_JOBS_CHANNEL: &str = "jobsd_new_jobs";
@@ -48,6 +46,23 @@ pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlSto
 impl Dialect for Postgres {
     const SAME: &'static str = "IS NOT DISTINCT FROM";
     const INTEGER: &'static str = "BIGINT";
+
+    const RETURNING: bool = true;
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const LOCKED: &'static str = " FOR UPDATE";
+
+    /// The size of a TOASTed value is read without the value.
+    fn byte_length(column: &str) -> String {
+        format!("CAST(octet_length({column}) AS BIGINT)")
+    }
+
+    fn push_time(query: &mut QueryBuilder<'_, Self>, at: DateTime<Utc>) {
+        query.push_bind(at);
+    }
+
+    fn skip_duplicate(_key: &str) -> String {
+        " ON CONFLICT DO NOTHING".to_owned()
+    }
 
     fn push_in_ids(query: &mut QueryBuilder<'_, Self>, ids: &[i64]) {
         query.push("= ANY(");
@@ -83,8 +98,9 @@ impl Backend for Postgres {
 
     async fn insert(pool: &PgPool, job: &NewJob) -> Result<i64> {
         sqlx::query_scalar(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \
-             VALUES (COALESCE($1, 'sleep'), $2, $3, $4, COALESCE($5, 1), COALESCE($6, now())) RETURNING id",
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority) \
+             VALUES (COALESCE($1, 'sleep'), $2, $3, $4, COALESCE($5, 1), COALESCE($6, now()), \
+             COALESCE($7, 'default'), COALESCE($8, 0)) RETURNING id",
         )
         .bind(&job.kind)
         .bind(job.object_id)
@@ -92,41 +108,10 @@ impl Backend for Postgres {
         .bind(&job.payload)
         .bind(job.max_attempts)
         .bind(job.run_at)
+        .bind(&job.queue)
+        .bind(job.priority)
         .fetch_one(pool)
         .await
-    }
-
-    async fn claim(pool: &PgPool, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
-        // octet_length of a TOASTed value reads its size, not the value.
-        let sql = format!(
-            "UPDATE jobs SET {}, queued_at = now(), worker = $1, heartbeat_at = NULL \
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'NEW' AND run_at <= now() \
-                          ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING {}",
-            claimed_as(claim.start, "now()"),
-            claimed_columns(
-                |column| format!("CAST(octet_length({column}) AS BIGINT)"),
-                "$3"
-            )
-        );
-        let rows = sqlx::query(&sql)
-            .bind(claim.worker)
-            .bind(i64::from(claim.limit))
-            .bind(i64::try_from(claim.max_bytes).unwrap_or(i64::MAX))
-            .fetch_all(pool)
-            .await?;
-        claimed_rows(&rows, claim, claim.start)
-    }
-
-    /// The statement names the rows it changed.
-    async fn finish_done(
-        connection: &mut PgConnection,
-        worker: &str,
-        ids: &[i64],
-    ) -> Result<Vec<i64>> {
-        let mut query = Sql::finish_done(worker, ids);
-        query.push(" RETURNING id");
-        query.build_query_scalar().fetch_all(connection).await
     }
 
     async fn columns(pool: &PgPool, table: &str) -> Result<Vec<String>> {

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::files::ExportDialect;
 use super::statements::Dialect;
-use super::{Claim, ImportBatch, Result, Wakes};
-use crate::job::{ClaimedJob, NewJob};
+use super::{ImportBatch, Result, Wakes};
+use crate::job::NewJob;
 
 /// A store on a pool of `DB` connections.
 pub struct SqlStore<DB: Database> {
@@ -36,20 +36,6 @@ pub(super) trait Backend: Dialect {
     async fn migrate(pool: &Pool<Self>) -> Result<()>;
 
     async fn insert(pool: &Pool<Self>, job: &NewJob) -> Result<i64>;
-
-    /// [`super::Lifecycle::claim`].
-    async fn claim(pool: &Pool<Self>, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>>;
-
-    /// Whether [`Backend::finish_done`] is one statement, which needs no transaction when a
-    /// batch is all DONE.
-    const DONE_IN_ONE_STATEMENT: bool = true;
-
-    /// RUNNING by `worker` → DONE for the jobs `ids` (never empty); the ids it changed.
-    async fn finish_done(
-        connection: &mut Self::Connection,
-        worker: &str,
-        ids: &[i64],
-    ) -> Result<Vec<i64>>;
 
     async fn columns(pool: &Pool<Self>, table: &str) -> Result<Vec<String>>;
 
@@ -131,6 +117,110 @@ macro_rules! shared_duties {
             ) -> Result<bool> {
                 Ok(self.change(build).await? == 1)
             }
+
+            /// Claims on `connection`, a transaction where the dialect has no RETURNING.
+            async fn claim_on(
+                connection: &mut <$db as sqlx::Database>::Connection,
+                claim: &Claim<'_>,
+            ) -> Result<Vec<ClaimedJob>> {
+                if <$db as Dialect>::RETURNING {
+                    let mut query = Sql::<$db>::claim_returning(claim);
+                    let rows = query.build().fetch_all(&mut *connection).await?;
+                    return claimed_rows(&rows, claim, claim.start);
+                }
+                let mut query = Sql::<$db>::claim_select(claim);
+                let rows = query.build().fetch_all(&mut *connection).await?;
+                // Read before the update: `attempts` is already the count before the run.
+                let jobs = claimed_rows(&rows, claim, false)?;
+                if !jobs.is_empty() {
+                    let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
+                    let mut update = Sql::<$db>::claim_update(claim, &ids);
+                    update.build().execute(&mut *connection).await?;
+                }
+                Ok(jobs)
+            }
+
+            /// A claim from the queues without a pause or a limit.
+            async fn claim_unlimited(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
+                if claim.scope == Scope::UnlimitedOf(&[]) {
+                    return Ok(Vec::new());
+                }
+                if <$db as Dialect>::RETURNING {
+                    let mut connection = self.pool.acquire().await?;
+                    return Self::claim_on(&mut connection, claim).await;
+                }
+                let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                let jobs = Self::claim_on(&mut tx, claim).await?;
+                tx.commit().await?;
+                Ok(jobs)
+            }
+
+            /// A claim from queue `name`, under its row's lock: what its pause, concurrency and
+            /// rate allow.
+            async fn claim_limited(&self, claim: &Claim<'_>, name: &str) -> Result<Vec<ClaimedJob>> {
+                let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                let mut lock = Sql::<$db>::lock_queue(name);
+                // No row: the queue's limits were just removed; the next unlimited claim takes
+                // its jobs. (Dropping the transaction rolls it back.)
+                let Some(row) = lock.build().fetch_optional(&mut *tx).await? else {
+                    return Ok(Vec::new());
+                };
+                let limits = QueueLimits::read(&row)?;
+                if limits.paused {
+                    return Ok(Vec::new());
+                }
+                let mut wanted = claim.limit;
+                if let Some(concurrency) = limits.concurrency {
+                    let mut count = Sql::<$db>::busy(name, claim.dead_after);
+                    let busy: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+                    wanted = wanted.min(u32::try_from(concurrency.saturating_sub(busy)).unwrap_or(0));
+                }
+                let (wanted, first, gap) = limits.starts(wanted, claim.ahead);
+                if wanted == 0 {
+                    return Ok(Vec::new());
+                }
+                let paced = limits.rate_per_second.is_some();
+                let this = Claim {
+                    limit: wanted,
+                    // A job whose start the rate reserved starts then, not now.
+                    start: claim.start && !paced,
+                    ..claim.clone()
+                };
+                let mut jobs = Self::claim_on(&mut tx, &this).await?;
+                if paced && !jobs.is_empty() {
+                    let step = |n: usize| {
+                        chrono::Duration::microseconds((gap * n as f64 * 1e6) as i64)
+                    };
+                    for (n, job) in jobs.iter_mut().enumerate() {
+                        let at = first + step(n);
+                        job.wait = (at - limits.now).to_std().ok().filter(|wait| !wait.is_zero());
+                    }
+                    let next = first + step(jobs.len());
+                    Sql::<$db>::reserve_starts(name, next).build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(jobs)
+            }
+
+            /// RUNNING by `worker` → DONE for the jobs `ids` (never empty); the ids it changed.
+            async fn finish_done(
+                connection: &mut <$db as sqlx::Database>::Connection,
+                worker: &str,
+                ids: &[i64],
+            ) -> Result<Vec<i64>> {
+                if <$db as Dialect>::RETURNING {
+                    let mut query = Sql::<$db>::finish_done(worker, ids);
+                    query.push(" RETURNING id");
+                    return query.build_query_scalar().fetch_all(&mut *connection).await;
+                }
+                let mut locked = Sql::<$db>::locked_running(worker, ids);
+                let ours: Vec<i64> = locked.build_query_scalar().fetch_all(&mut *connection).await?;
+                if !ours.is_empty() {
+                    let mut query = Sql::<$db>::finish_done(worker, &ours);
+                    query.build().execute(&mut *connection).await?;
+                }
+                Ok(ours)
+            }
         }
 
         #[async_trait]
@@ -140,7 +230,13 @@ macro_rules! shared_duties {
             }
 
             async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
-                <$db as Backend>::claim(&self.pool, claim).await
+                retry_deadlocks(|| async {
+                    match claim.scope {
+                        Scope::Limited(name) => self.claim_limited(claim, name).await,
+                        Scope::Unlimited | Scope::UnlimitedOf(_) => self.claim_unlimited(claim).await,
+                    }
+                })
+                .await
             }
 
             async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
@@ -165,16 +261,16 @@ macro_rules! shared_duties {
                     return Ok(Vec::new());
                 }
                 let done = done_ids(outcomes);
-                if done.len() == outcomes.len() && <$db as Backend>::DONE_IN_ONE_STATEMENT {
+                if done.len() == outcomes.len() && <$db as Dialect>::RETURNING {
                     let mut connection = self.pool.acquire().await?;
-                    return <$db as Backend>::finish_done(&mut connection, worker, &done).await;
+                    return Self::finish_done(&mut connection, worker, &done).await;
                 }
                 retry_deadlocks(|| async {
                     let mut tx = <$db as Backend>::begin(&self.pool).await?;
                     let mut won = if done.is_empty() {
                         Vec::new()
                     } else {
-                        <$db as Backend>::finish_done(&mut tx, worker, &done).await?
+                        Self::finish_done(&mut tx, worker, &done).await?
                     };
                     for (id, outcome) in outcomes {
                         let Some(mut query) = Sql::<$db>::settle_outcome(*id, worker, outcome)
@@ -234,10 +330,31 @@ macro_rules! shared_duties {
                     .await
             }
 
-            async fn resume(&self, id: i64, worker: &str) -> Result<bool> {
-                let (from, to) = (Status::Paused, Status::Running);
-                self.won(|| Sql::<$db>::hand_over(id, worker, from, to, Control::Resume))
-                    .await
+            async fn resume(&self, resume: &Resume<'_>) -> Result<Resumed> {
+                retry_deadlocks(|| async {
+                    let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                    let mut lock = Sql::<$db>::lock_queue(resume.queue);
+                    if let Some(row) = lock.build().fetch_optional(&mut *tx).await? {
+                        let limits = QueueLimits::read(&row)?;
+                        if limits.paused {
+                            return Ok(Resumed::Wait);
+                        }
+                        if let Some(concurrency) = limits.concurrency {
+                            let mut count = Sql::<$db>::busy(resume.queue, resume.dead_after);
+                            let busy: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+                            if busy >= concurrency {
+                                return Ok(Resumed::Wait);
+                            }
+                        }
+                    }
+                    let (from, to) = (Status::Paused, Status::Running);
+                    let mut query =
+                        Sql::<$db>::hand_over(resume.id, resume.worker, from, to, Control::Resume);
+                    let won = query.build().execute(&mut *tx).await?.rows_affected() == 1;
+                    tx.commit().await?;
+                    Ok(if won { Resumed::Yes } else { Resumed::Lost })
+                })
+                .await
             }
 
             async fn find_controls(
@@ -264,6 +381,36 @@ macro_rules! shared_duties {
 
             async fn request(&self, id: i64, control: Control) -> Result<bool> {
                 self.won(|| Sql::<$db>::request(id, control)).await
+            }
+        }
+
+        #[async_trait]
+        impl Queues for SqlStore<$db> {
+            async fn queues(&self) -> Result<Vec<QueueRow>> {
+                let mut query = Sql::<$db>::queues();
+                Ok(each_row(&query.build().fetch_all(&self.pool).await?))
+            }
+
+            async fn pause_queue(&self, name: &str, paused: bool) -> Result<()> {
+                self.change(|| Sql::<$db>::add_queue(name)).await?;
+                self.change(|| Sql::<$db>::pause_queue(name, paused)).await?;
+                Ok(())
+            }
+
+            async fn queue_counts(&self) -> Result<Vec<(String, Status, i64)>> {
+                let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status ORDER BY queue, status",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(queue, status, count)| {
+                        let status = status
+                            .parse()
+                            .map_err(|e: UnknownStatus| sqlx::Error::Decode(e.into()))?;
+                        Ok((queue, status, count))
+                    })
+                    .collect()
             }
         }
 
@@ -376,14 +523,17 @@ mod duties {
     use super::{Backend, SqlStore, retry_deadlocks};
     use crate::job::{
         ClaimedJob, Control, ControlAction, ControlRequest, DeadJob, JobRow, NewJob, Outcome,
-        Settlement, Status,
+        Settlement, Status, UnknownStatus,
     };
+    use crate::store::claim::claimed_rows;
     use crate::store::files::{export_sql, text_row};
+    use crate::store::statements::Dialect;
     use crate::store::statements::Sql;
     use crate::store::{
         Claim, Controls, Files, ImportBatch, Inspect, Lifecycle, Result, Schema, TextRow, Wakes,
         done_ids, each_row, status_counts,
     };
+    use crate::store::{QueueLimits, QueueRow, Queues, Resume, Resumed, Scope};
 
     shared_duties!(Postgres);
     shared_duties!(MySql);

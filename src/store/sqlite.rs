@@ -13,12 +13,9 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::files::{ExportDialect, double_quoted, inserts};
 use super::sql::{Backend, SqlStore};
-use super::statements::{Clock, Dialect, Sql};
-use super::{
-    CONNECT_TIMEOUT, Claim, ImportBatch, Result, claimed_as, claimed_columns, claimed_rows,
-    json_ids, probe,
-};
-use crate::job::{ClaimedJob, NewJob};
+use super::statements::{Clock, Dialect};
+use super::{CONNECT_TIMEOUT, ImportBatch, Result, json_ids, probe};
+use crate::job::NewJob;
 
 /// The most connections a SQLite store opens.
 const MAX_CONNECTIONS: u32 = 4;
@@ -105,6 +102,24 @@ impl Dialect for Sqlite {
     const SAME: &'static str = "IS";
     const INTEGER: &'static str = "INTEGER";
 
+    const RETURNING: bool = true;
+    /// One writer at a time: nothing to skip, and a write transaction excludes the others.
+    const SKIP_LOCKED: &'static str = "";
+    const LOCKED: &'static str = "";
+
+    /// octet_length reads a value's size from the record header, not the value itself.
+    fn byte_length(column: &str) -> String {
+        format!("octet_length({column})")
+    }
+
+    fn push_time(query: &mut QueryBuilder<'_, Self>, at: DateTime<Utc>) {
+        query.push_bind(text(at));
+    }
+
+    fn skip_duplicate(_key: &str) -> String {
+        " ON CONFLICT DO NOTHING".to_owned()
+    }
+
     /// One parameter, a JSON array, whatever the list's length.
     fn push_in_ids(query: &mut QueryBuilder<'_, Self>, ids: &[i64]) {
         query.push("IN (SELECT value FROM json_each(");
@@ -148,8 +163,9 @@ impl Backend for Sqlite {
 
     async fn insert(pool: &SqlitePool, job: &NewJob) -> Result<i64> {
         sqlx::query_scalar(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at) \
-             VALUES (COALESCE(?1, 'sleep'), ?2, ?3, ?4, COALESCE(?5, 1), COALESCE(?6, ?7)) RETURNING id",
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority) \
+             VALUES (COALESCE(?1, 'sleep'), ?2, ?3, ?4, COALESCE(?5, 1), COALESCE(?6, ?7), \
+             COALESCE(?8, 'default'), COALESCE(?9, 0)) RETURNING id",
         )
         .bind(&job.kind)
         .bind(job.object_id)
@@ -158,39 +174,10 @@ impl Backend for Sqlite {
         .bind(job.max_attempts)
         .bind(job.run_at.map(text))
         .bind(now())
+        .bind(&job.queue)
+        .bind(job.priority)
         .fetch_one(pool)
         .await
-    }
-
-    async fn claim(pool: &SqlitePool, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
-        // octet_length reads a value's size from the record header, not the value itself.
-        let sql = format!(
-            "UPDATE jobs SET {}, queued_at = ?1, worker = ?2, heartbeat_at = NULL \
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'NEW' AND run_at <= ?1 \
-                          ORDER BY run_at, id LIMIT ?3) \
-             RETURNING {}",
-            claimed_as(claim.start, "?1"),
-            claimed_columns(|column| format!("octet_length({column})"), "?4")
-        );
-        let rows = sqlx::query(&sql)
-            .bind(now())
-            .bind(claim.worker)
-            .bind(claim.limit)
-            .bind(i64::try_from(claim.max_bytes).unwrap_or(i64::MAX))
-            .fetch_all(pool)
-            .await?;
-        claimed_rows(&rows, claim, claim.start)
-    }
-
-    /// The statement names the rows it changed.
-    async fn finish_done(
-        connection: &mut SqliteConnection,
-        worker: &str,
-        ids: &[i64],
-    ) -> Result<Vec<i64>> {
-        let mut query = Sql::finish_done(worker, ids);
-        query.push(" RETURNING id");
-        query.build_query_scalar().fetch_all(connection).await
     }
 
     async fn columns(pool: &SqlitePool, table: &str) -> Result<Vec<String>> {

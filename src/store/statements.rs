@@ -13,7 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use super::{ATTEMPT_BACK, DEAD, LAST_SIGN, NEXT_ATTEMPT, TERMINATED, storable};
+use super::claim::{GATED, PLAIN};
+use super::{ATTEMPT_BACK, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, Scope, TERMINATED, storable};
 use crate::job::{
     Control, ControlAction, ControlRequest, DeadJob, JobRow, Outcome, Settlement, Status,
 };
@@ -46,6 +47,27 @@ pub(super) trait Dialect: Database {
 
     /// The 64-bit integer type of a CAST.
     const INTEGER: &'static str;
+
+    /// Whether an UPDATE can name the rows it changed (`RETURNING`); without it (MySQL) the
+    /// rows are selected `FOR UPDATE` first and updated by id in the same transaction.
+    const RETURNING: bool;
+
+    /// What a claim's SELECT ends with, so that replicas claiming at once skip each other's
+    /// rows instead of waiting; empty where one writer at a time is all there is (SQLite).
+    const SKIP_LOCKED: &'static str;
+
+    /// What a SELECT ends with to lock the row it reads until the transaction ends; empty on
+    /// SQLite, whose write transactions already exclude each other.
+    const LOCKED: &'static str;
+
+    /// The size of `column`'s value in bytes, as a 64-bit integer, read without the value.
+    fn byte_length(column: &str) -> String;
+
+    /// A time the statement writes.
+    fn push_time(query: &mut QueryBuilder<'_, Self>, at: DateTime<Utc>);
+
+    /// What an INSERT ends with to skip a row whose key `key` is taken, quietly.
+    fn skip_duplicate(key: &str) -> String;
 }
 
 /// The statements, over one set of bounds: what each dialect's sqlx binds.
@@ -303,6 +325,19 @@ where
         query
     }
 
+    /// Of the jobs `ids` (never empty), those still RUNNING by `worker`, locked until the
+    /// transaction ends: where an UPDATE cannot name its rows, these are the ones
+    /// [`Sql::finish_done`] then changes.
+    pub fn locked_running(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
+        let mut query =
+            QueryBuilder::new("SELECT id FROM jobs WHERE status = 'RUNNING' AND worker = ");
+        query.push_bind(worker.to_owned());
+        query.push(" AND id ");
+        DB::push_in_ids(&mut query, ids);
+        query.push(DB::LOCKED);
+        query
+    }
+
     /// [`Store::finish`](super::Store::finish) of one job that did not end DONE: RUNNING by
     /// `worker` → FAILED, or back to NEW after `backoff` for a retry; `None` for DONE, which the
     /// dialects write for a whole batch at once.
@@ -352,6 +387,171 @@ where
         query.push(" ORDER BY id DESC LIMIT ");
         query.push_bind(i64::from(limit));
         query.push(") newest ORDER BY id");
+        query
+    }
+
+    /// [`Store::claim`](super::Store::claim) where an UPDATE names its rows: one statement
+    /// that picks, changes and returns them.
+    pub fn claim_returning(claim: &Claim<'_>) -> QueryBuilder<'a, DB> {
+        let clock = Clock::now();
+        let mut query = QueryBuilder::new("UPDATE jobs SET ");
+        Self::push_claimed_as(&mut query, claim, clock);
+        query.push(" WHERE id IN (SELECT id FROM jobs");
+        Self::push_claimable(&mut query, claim, clock);
+        query.push(") RETURNING ");
+        Self::push_claimed_columns(&mut query, claim.max_bytes);
+        query
+    }
+
+    /// The first half of a claim where an UPDATE cannot name its rows: the rows, locked.
+    pub fn claim_select(claim: &Claim<'_>) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("SELECT ");
+        Self::push_claimed_columns(&mut query, claim.max_bytes);
+        query.push(" FROM jobs");
+        Self::push_claimable(&mut query, claim, Clock::now());
+        query
+    }
+
+    /// The second half: the rows `ids` (never empty) that the first half locked, changed.
+    pub fn claim_update(claim: &Claim<'_>, ids: &[i64]) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("UPDATE jobs SET ");
+        Self::push_claimed_as(&mut query, claim, Clock::now());
+        query.push(" WHERE id ");
+        DB::push_in_ids(&mut query, ids);
+        query
+    }
+
+    /// The SET of a claim: QUEUED by the worker, or with `start` RUNNING as well.
+    fn push_claimed_as(query: &mut QueryBuilder<'a, DB>, claim: &Claim<'_>, clock: Clock) {
+        if claim.start {
+            query.push(format_args!(
+                "status = 'RUNNING', {NEXT_ATTEMPT}, started_at = "
+            ));
+            DB::push_now(query, clock);
+            query.push(", ");
+        } else {
+            query.push("status = 'QUEUED', ");
+        }
+        query.push("heartbeat_at = NULL, worker = ");
+        query.push_bind(claim.worker.to_owned());
+        query.push(", queued_at = ");
+        DB::push_now(query, clock);
+    }
+
+    /// Which NEW rows a claim takes, in what order, how many: those whose time has come, from
+    /// the queues it asks for, by priority, then `run_at`, then id.
+    fn push_claimable(query: &mut QueryBuilder<'a, DB>, claim: &Claim<'_>, clock: Clock) {
+        query.push(" WHERE status = 'NEW' AND run_at <= ");
+        DB::push_now(query, clock);
+        match claim.scope {
+            Scope::Limited(name) => {
+                query.push(" AND queue = ");
+                query.push_bind(name.to_owned());
+            }
+            Scope::Unlimited | Scope::UnlimitedOf(_) => {
+                if let Scope::UnlimitedOf(names) = claim.scope {
+                    query.push(" AND queue IN (");
+                    let mut list = query.separated(", ");
+                    for name in names {
+                        list.push_bind(name.clone());
+                    }
+                    query.push(")");
+                }
+                // Exact at the moment of the claim, whatever this replica last read of the
+                // queues table: a paused or limited queue's jobs are never claimed here.
+                query.push(
+                    " AND NOT EXISTS (SELECT 1 FROM queues WHERE queues.name = jobs.queue \
+                     AND (queues.paused_at IS NOT NULL OR queues.concurrency IS NOT NULL \
+                     OR queues.rate_per_second IS NOT NULL))",
+                );
+            }
+        }
+        query.push(" ORDER BY priority, run_at, id LIMIT ");
+        query.push_bind(i64::from(claim.limit));
+        query.push(DB::SKIP_LOCKED);
+    }
+
+    /// The columns a claim returns: what [`claimed`](super::claim::claimed) decodes. Each big
+    /// text comes only when it fits `max_bytes`, with its size beside it.
+    fn push_claimed_columns(query: &mut QueryBuilder<'a, DB>, max_bytes: u64) {
+        query.push(PLAIN);
+        for column in GATED {
+            let bytes = DB::byte_length(column);
+            query.push(format_args!(", CASE WHEN {bytes} <= "));
+            query.push_bind(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+            query.push(format_args!(
+                " THEN {column} END AS {column}, {bytes} AS {column}_bytes"
+            ));
+        }
+    }
+
+    /// A limited queue's row, locked until the transaction ends, with the statement's time:
+    /// the columns of [`QueueLimits`](super::QueueLimits).
+    pub fn lock_queue(name: &str) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT CAST(CASE WHEN paused_at IS NULL THEN 0 ELSE 1 END AS {int}) AS paused, \
+             CAST(concurrency AS {int}) AS concurrency, rate_per_second, next_start_at, ",
+            int = DB::INTEGER
+        ));
+        DB::push_now(&mut query, Clock::now());
+        query.push(" AS now FROM queues WHERE name = ");
+        query.push_bind(name.to_owned());
+        query.push(DB::LOCKED);
+        query
+    }
+
+    /// How many of queue `name`'s jobs hold a place in its concurrency: QUEUED or RUNNING, with
+    /// a sign of life younger than `dead_after` (a dead replica's jobs stop counting).
+    pub fn busy(name: &str, dead_after: Duration) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND queue = ",
+        );
+        query.push_bind(name.to_owned());
+        query.push(format_args!(" AND {LAST_SIGN} >= "));
+        DB::push_shifted(&mut query, Clock::now(), dead_after, false);
+        query
+    }
+
+    /// Records the next start a queue's rate allows.
+    pub fn reserve_starts(name: &str, next: DateTime<Utc>) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("UPDATE queues SET next_start_at = ");
+        DB::push_time(&mut query, next);
+        query.push(" WHERE name = ");
+        query.push_bind(name.to_owned());
+        query
+    }
+
+    /// The `queues` rows, as [`QueueRow`](super::QueueRow)s.
+    pub fn queues() -> QueryBuilder<'a, DB> {
+        QueryBuilder::new(format!(
+            "SELECT name, CAST(CASE WHEN paused_at IS NULL THEN 0 ELSE 1 END AS {int}) AS paused, \
+             CAST(concurrency AS {int}) AS concurrency, rate_per_second FROM queues ORDER BY name",
+            int = DB::INTEGER
+        ))
+    }
+
+    /// The row of queue `name`, made if there is none (`jobsd queue pause|resume`).
+    pub fn add_queue(name: &str) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("INSERT INTO queues (name) VALUES (");
+        query.push_bind(name.to_owned());
+        query.push(")");
+        query.push(DB::skip_duplicate("name"));
+        query
+    }
+
+    /// Pauses queue `name`, as `UPDATE queues SET paused_at = now()` does, or lets it run.
+    pub fn pause_queue(name: &str, paused: bool) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("UPDATE queues SET paused_at = ");
+        if paused {
+            // A pause already in place keeps its time.
+            query.push("COALESCE(paused_at, ");
+            DB::push_now(&mut query, Clock::now());
+            query.push(")");
+        } else {
+            query.push("NULL");
+        }
+        query.push(" WHERE name = ");
+        query.push_bind(name.to_owned());
         query
     }
 }

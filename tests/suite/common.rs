@@ -142,6 +142,7 @@ impl TestDb {
             csv_tables: Vec::new(),
             csv_dir: ".".into(),
             max_payload_bytes: 1024 * 1024,
+            queues: Vec::new(),
             health_file: std::env::temp_dir()
                 .join(format!("jobsd-test-{}.health", std::process::id())),
         }

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use jobsd::job::{Control, ControlAction, ControlRequest, DeadJob, Outcome, Settlement};
-use jobsd::store::TERMINATED;
+use jobsd::store::{Resume, Resumed, TERMINATED};
 use jobsd::{JobRow, NewJob, Status, Store};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError, TestRunner};
@@ -933,7 +933,7 @@ impl Table {
                 let wins = before.status == from && before.worker.as_deref() == Some(worker.id());
                 let won = match request {
                     Control::Pause => db(store.pause(id, worker.id()).await)?,
-                    _ => db(store.resume(id, worker.id()).await)?,
+                    _ => db(store.resume(&resume(id, worker.id())).await)? == Resumed::Yes,
                 };
                 self.ensure(won == wins, || {
                     format!("{request} returned {won}, row was {before:?}")
@@ -1207,7 +1207,8 @@ impl Table {
                         ),
                         _ => (
                             Status::Running,
-                            db(self.store.resume(request.id, worker.id()).await)?,
+                            db(self.store.resume(&resume(request.id, worker.id())).await)?
+                                == Resumed::Yes,
                         ),
                     };
                     self.ensure(done, || format!("the task could not carry out {request:?}"))?;
@@ -1396,5 +1397,15 @@ impl Table {
         }
         self.rows.clone_from(&after);
         Ok(after)
+    }
+}
+
+/// A resume of a job in the default queue, which has no limits here.
+fn resume(id: i64, worker: &str) -> Resume<'_> {
+    Resume {
+        id,
+        worker,
+        queue: "default",
+        dead_after: Duration::from_secs(10),
     }
 }

@@ -1,0 +1,27 @@
+-- Named queues and priorities. Both columns have a constant default, which PostgreSQL 11 and
+-- later store in the catalog: adding them rewrites no row and holds the table's lock for an
+-- instant, whatever the table holds. VARCHAR(128) keeps a queue name a name, with no CHECK that
+-- would scan the table.
+ALTER TABLE jobs
+    ADD COLUMN queue    VARCHAR(128) NOT NULL DEFAULT 'default',
+    ADD COLUMN priority SMALLINT     NOT NULL DEFAULT 0;
+
+-- The few queues that need a limit or a pause; users change it with plain SQL at run time.
+CREATE TABLE queues (
+    name            VARCHAR(128) PRIMARY KEY,
+    -- Set: no job of the queue starts, on any replica, until it is NULL again.
+    paused_at       TIMESTAMPTZ,
+    -- At most this many jobs of the queue QUEUED or RUNNING at once, across all replicas.
+    concurrency     INTEGER CONSTRAINT queues_concurrency_check CHECK (concurrency >= 0),
+    -- At most this many starts a second, across all replicas. The upper bound also refuses NaN.
+    rate_per_second DOUBLE PRECISION
+                    CONSTRAINT queues_rate_check CHECK (rate_per_second > 0 AND rate_per_second <= 1000000),
+    -- Kept by jobsd: the next start the rate allows (the replicas reserve starts from it in turn).
+    next_start_at   TIMESTAMPTZ
+);
+
+-- A change of a queue wakes the new-jobs publishers at once, as an INSERT into jobs does.
+CREATE TRIGGER queues_notify
+    AFTER INSERT OR UPDATE OR DELETE ON queues
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION jobs_notify_insert();
