@@ -8,6 +8,7 @@ mod daemon;
 mod files;
 mod hostile;
 mod outage;
+mod queues;
 mod reliability;
 mod state_machine;
 mod store;
