@@ -105,16 +105,30 @@ impl Pool {
         }
     }
 
-    /// Runs a job at the start its queue's rate reserved, and the replica's limiter allows.
+    /// Runs a job at the start its queue's rate reserved, if the replica's limiter allows it
+    /// then.
     async fn run_paced(&self, claimed: Claimed, at: tokio::time::Instant, stop: CancellationToken) {
         let due = tokio::select! {
             biased;
             () = stop.cancelled() => false,
             () = tokio::time::sleep_until(at) => true,
         };
-        if due && self.ready(&stop).await {
+        // The replica's own limit applies on top, but must not push the start past its
+        // reserved moment, where it would crowd the starts other replicas reserved next: a job
+        // the limiter would delay goes back, to be reserved again.
+        let allowed = self
+            .limiter
+            .as_ref()
+            .is_none_or(|limiter| limiter.check().is_ok());
+        if due && allowed {
             self.run_job(claimed).await;
         } else {
+            if due {
+                tracing::debug!(
+                    job = claimed.job.id,
+                    "the replica's rate limit missed the queue's reserved start; given back"
+                );
+            }
             self.give_back(claimed).await;
         }
     }

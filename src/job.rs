@@ -198,6 +198,21 @@ pub struct ClaimedJob {
     pub wait: Option<std::time::Duration>,
 }
 
+/// The status must be one of the statuses.
+impl<'r, R> crate::row::Column<'r, R> for Status
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn read(row: &'r R, name: &'r str) -> Result<Self, sqlx::Error> {
+        let status: String = row.try_get(name)?;
+        status
+            .parse()
+            .map_err(|error: UnknownStatus| sqlx::Error::Decode(error.into()))
+    }
+}
+
 crate::row::table_row! {
     /// A whole row, for people reading the table (`jobsd status`, `jobsd demo`) and for tests,
     /// read leniently ([`crate::row`]): a row a user wrote with a value of the wrong type (SQLite

@@ -211,7 +211,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Status { limit } => {
             let rows = store.rows(&[], limit).await?;
             println!("{}", table::render(&rows));
-            println!("{}", table::queues(&store.queue_counts().await?));
+            println!(
+                "\nJobs by queue:\n{}",
+                table::queues(&store.queue_counts().await?)
+            );
             println!("{}", table::totals(&store.counts().await?));
         }
         Command::Enqueue {

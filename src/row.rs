@@ -9,8 +9,6 @@
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::job::{Status, UnknownStatus};
-
 /// How a field is read from its column: strictly for what a row cannot do without, leniently
 /// for the rest.
 pub trait Column<'r, R: Row>: Sized {
@@ -94,21 +92,6 @@ where
             .ok()
             .flatten()
             .unwrap_or_default())
-    }
-}
-
-/// The status must be one of the statuses.
-impl<'r, R> Column<'r, R> for Status
-where
-    R: Row,
-    &'r str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-{
-    fn read(row: &'r R, name: &'r str) -> Result<Self, sqlx::Error> {
-        let status: String = row.try_get(name)?;
-        status
-            .parse()
-            .map_err(|error: UnknownStatus| sqlx::Error::Decode(error.into()))
     }
 }
 

@@ -20,8 +20,15 @@ CREATE TABLE queues (
     next_start_at   TIMESTAMPTZ
 );
 
--- A change of a queue wakes the new-jobs publishers at once, as an INSERT into jobs does.
+-- A change of a queue makes the new-jobs publishers read the table again at once.
+CREATE FUNCTION queues_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobsd_queues', '');
+    RETURN NULL;
+END;
+$$;
+
 CREATE TRIGGER queues_notify
-    AFTER INSERT OR UPDATE OR DELETE ON queues
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON queues
     FOR EACH STATEMENT
-    EXECUTE FUNCTION jobs_notify_insert();
+    EXECUTE FUNCTION queues_notify();

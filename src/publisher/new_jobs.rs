@@ -4,10 +4,12 @@
 //! Queues with a concurrency or a rate in the `queues` table are claimed one at a time, first,
 //! each under its row's lock (the store counts and reserves there, so the limits hold across
 //! replicas); then one claim takes from every other queue, by priority. Which queues are limited
-//! is read at most once per `poll_interval`; the claim itself never takes a paused or limited
-//! queue's jobs, whatever this replica last read.
+//! is read at most once per `poll_interval` (and at once on PostgreSQL when the table changes).
+//! While any queue is paused or limited, the claim itself never takes such a queue's jobs,
+//! whatever this replica last read; while none is, it skips looking.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -32,6 +34,8 @@ pub(crate) struct NewJobs {
     /// The limited queues this replica serves, as last read, and when.
     pub limited: Vec<QueueRow>,
     pub read_at: Option<Instant>,
+    /// Whether any queue had a pause or a limit when last read.
+    pub any_limits: bool,
 }
 
 impl NewJobs {
@@ -45,20 +49,24 @@ impl NewJobs {
             poll_interval: Duration::from_secs(1),
             limited: Vec::new(),
             read_at: None,
+            any_limits: true,
         }
     }
 
     /// Reads which queues are limited, once per `poll_interval`. A failed read keeps the last
     /// list: the claims themselves stay exact.
     async fn read_queues(&mut self) {
-        if self
-            .read_at
-            .is_some_and(|at| at.elapsed() < self.poll_interval)
+        let changed = (self.replica.wakes.queues_changed).swap(false, Ordering::Relaxed);
+        if !changed
+            && self
+                .read_at
+                .is_some_and(|at| at.elapsed() < self.poll_interval)
         {
             return;
         }
         match self.replica.store.queues().await {
             Ok(rows) => {
+                self.any_limits = rows.iter().any(|row| row.paused != 0 || row.limited());
                 let served =
                     |row: &QueueRow| self.served.is_empty() || self.served.contains(&row.name);
                 self.limited = rows
@@ -80,6 +88,7 @@ impl NewJobs {
             start: self.start,
             max_bytes: self.max_bytes,
             scope,
+            any_limits: self.any_limits,
             dead_after: self.replica.dead_after,
             // Starts reserved beyond the next pass of any replica, so a queue's rate is met
             // while its jobs wait, and no further.

@@ -20,6 +20,10 @@ pub struct Claim<'a> {
     pub max_bytes: u64,
     /// Which queues the jobs may come from.
     pub scope: Scope<'a>,
+    /// Whether the `queues` table pauses or limits any queue, as last read. Without, a claim
+    /// from the unlimited queues skips looking: the table is read again within
+    /// `poll_interval` (at once on PostgreSQL, whose trigger says when it changes).
+    pub any_limits: bool,
     /// For a queue's concurrency: a QUEUED or RUNNING job counts while its last sign of life
     /// is younger than this (a dead replica's jobs stop counting).
     pub dead_after: std::time::Duration,
@@ -49,6 +53,7 @@ impl<'a> Claim<'a> {
             start,
             max_bytes: 1 << 20,
             scope: Scope::Unlimited,
+            any_limits: true,
             dead_after: std::time::Duration::from_secs(10),
             ahead: std::time::Duration::from_secs(2),
         }

@@ -261,6 +261,9 @@ impl QueueRow {
     }
 }
 
+/// The longest wait between two starts a queue's rate can ask for.
+const DAY_SECONDS: f64 = 86_400.0;
+
 /// A limited queue's row, locked, with the database's time.
 #[derive(Debug, Clone)]
 struct QueueLimits {
@@ -304,7 +307,8 @@ impl QueueLimits {
         let Some(rate) = self.rate_per_second else {
             return (wanted, self.now, 0.0);
         };
-        let gap = 1.0 / rate.max(f64::MIN_POSITIVE);
+        // A rate below one start a day is taken as one a day: the reserved times stay times.
+        let gap = (1.0 / rate).min(DAY_SECONDS);
         let first = self
             .next_start_at
             .map_or(self.now, |next| next.max(self.now));
@@ -324,6 +328,9 @@ impl QueueLimits {
 pub struct Wakes {
     pub new_jobs: Arc<Notify>,
     pub control: Arc<Notify>,
+    /// Set when the `queues` table changed, so that the new-jobs publisher reads it again
+    /// before its next claim; it is woken too.
+    pub queues_changed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the store could not be opened; each means "fix the setting and start again". The
@@ -407,6 +414,9 @@ pub async fn connect(
     };
     Ok(store)
 }
+
+/// How long a replica waits for another's migrations before it gives up.
+const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 
 /// How long every pooled connection may take to open before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

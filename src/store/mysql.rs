@@ -14,11 +14,8 @@ use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder};
 use super::files::{ExportDialect, backticked, inserts};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
-use super::{CONNECT_TIMEOUT, ImportBatch, Result, micros, probe, with_database};
+use super::{CONNECT_TIMEOUT, ImportBatch, MIGRATION_WAIT, Result, micros, probe, with_database};
 use crate::job::NewJob;
-
-/// How long a replica waits for another's migrations before it gives up.
-const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 
 /// `CHAR` is MySQL's text cast; backquoted names.
 const EXPORT: ExportDialect = ExportDialect {

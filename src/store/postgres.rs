@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::files::{ExportDialect, column_list, double_quoted};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
-use super::{CONNECT_TIMEOUT, ImportBatch, Result, Wakes, micros, probe, with_database};
+use super::{
+    CONNECT_TIMEOUT, ImportBatch, MIGRATION_WAIT, Result, Wakes, micros, probe, with_database,
+};
 use crate::job::NewJob;
 
 /// The channel the migration's trigger notifies on every INSERT statement.
@@ -21,6 +23,9 @@ const NEW_JOBS_CHANNEL: &str = "jobsd_new_jobs";
 
 /// The channel the migration's trigger notifies when a `control` request is written.
 const CONTROL_CHANNEL: &str = "jobsd_control";
+
+/// The channel the migration's trigger notifies when the `queues` table changes.
+const QUEUES_CHANNEL: &str = "jobsd_queues";
 
 /// Text casts and `$n` bounds.
 const EXPORT: ExportDialect = ExportDialect {
@@ -91,8 +96,34 @@ impl Backend for Postgres {
     const EXPORT: ExportDialect = EXPORT;
 
     async fn migrate(pool: &PgPool) -> Result<()> {
-        // sqlx holds an advisory lock for the whole run, so concurrent replicas take turns.
-        sqlx::migrate!("migrations/postgres").run(pool).await?;
+        // Replicas starting together take turns under an advisory lock, taken here rather than
+        // by sqlx: sqlx waits inside pg_advisory_lock, and a CREATE INDEX CONCURRENTLY waits for
+        // every open transaction to end, that wait among them, which PostgreSQL ends as a
+        // deadlock. Polling with pg_try_advisory_lock holds nothing between tries.
+        let mut connection = pool.acquire().await?;
+        let key = "hashtext('jobsd_migrate.' || current_database())";
+        let started = std::time::Instant::now();
+        loop {
+            let locked: bool = sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({key})"))
+                .fetch_one(&mut *connection)
+                .await?;
+            if locked {
+                break;
+            }
+            if started.elapsed() > MIGRATION_WAIT {
+                return Err(sqlx::Error::Protocol(format!(
+                    "another replica held the migration lock for over {MIGRATION_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut migrator = sqlx::migrate!("migrations/postgres");
+        migrator.set_locking(false);
+        let applied = migrator.run_direct(&mut *connection).await;
+        sqlx::query(&format!("SELECT pg_advisory_unlock({key})"))
+            .execute(&mut *connection)
+            .await?;
+        applied?;
         Ok(())
     }
 
@@ -224,7 +255,7 @@ impl Backend for Postgres {
 async fn listen(pool: &PgPool, wakes: &Wakes, stop: &CancellationToken) -> Result<()> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener
-        .listen_all([NEW_JOBS_CHANNEL, CONTROL_CHANNEL])
+        .listen_all([NEW_JOBS_CHANNEL, CONTROL_CHANNEL, QUEUES_CHANNEL])
         .await?;
     // Anything written while nobody listened is found by one pass of each publisher now.
     wake_all(wakes);
@@ -233,6 +264,10 @@ async fn listen(pool: &PgPool, wakes: &Wakes, stop: &CancellationToken) -> Resul
             () = stop.cancelled() => return Ok(()),
             received = listener.try_recv() => match received? {
                 Some(notification) if notification.channel() == CONTROL_CHANNEL => wakes.control.notify_one(),
+                Some(notification) if notification.channel() == QUEUES_CHANNEL => {
+                    wakes.queues_changed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    wakes.new_jobs.notify_one();
+                }
                 Some(_) => wakes.new_jobs.notify_one(),
                 None => {
                     // The listener reconnects on the next call; notifications sent in between are
@@ -246,6 +281,9 @@ async fn listen(pool: &PgPool, wakes: &Wakes, stop: &CancellationToken) -> Resul
 }
 
 fn wake_all(wakes: &Wakes) {
+    wakes
+        .queues_changed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     wakes.new_jobs.notify_one();
     wakes.control.notify_one();
 }

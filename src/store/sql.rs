@@ -191,11 +191,11 @@ macro_rules! shared_duties {
                     let step = |n: usize| {
                         chrono::Duration::microseconds((gap * n as f64 * 1e6) as i64)
                     };
+                    let at = |n: usize| first.checked_add_signed(step(n)).unwrap_or(first);
                     for (n, job) in jobs.iter_mut().enumerate() {
-                        let at = first + step(n);
-                        job.wait = (at - limits.now).to_std().ok().filter(|wait| !wait.is_zero());
+                        job.wait = (at(n) - limits.now).to_std().ok().filter(|wait| !wait.is_zero());
                     }
-                    let next = first + step(jobs.len());
+                    let next = at(jobs.len());
                     Sql::<$db>::reserve_starts(name, next).build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;

@@ -458,12 +458,18 @@ where
                     query.push(")");
                 }
                 // Exact at the moment of the claim, whatever this replica last read of the
-                // queues table: a paused or limited queue's jobs are never claimed here.
-                query.push(
-                    " AND NOT EXISTS (SELECT 1 FROM queues WHERE queues.name = jobs.queue \
-                     AND (queues.paused_at IS NOT NULL OR queues.concurrency IS NOT NULL \
-                     OR queues.rate_per_second IS NOT NULL))",
-                );
+                // queues table: a paused or limited queue's jobs are never claimed here. NOT IN
+                // rather than NOT EXISTS: PostgreSQL hashes the few names once and still walks
+                // the claim's index in order, where an anti-join sorts every NEW row first.
+                // (Neither side is ever NULL: `name` is the key, `queue` is NOT NULL.) Left
+                // out while no queue has a pause or a limit: it costs a claim of hundreds some
+                // tenths of a millisecond.
+                if claim.any_limits {
+                    query.push(
+                        " AND queue NOT IN (SELECT name FROM queues WHERE paused_at IS NOT NULL \
+                         OR concurrency IS NOT NULL OR rate_per_second IS NOT NULL)",
+                    );
+                }
             }
         }
         query.push(" ORDER BY priority, run_at, id LIMIT ");

@@ -521,6 +521,7 @@ impl DbUser {
                     user.name, user.password
                 ),
                 format!("GRANT SELECT, UPDATE ON jobs TO {}", user.name),
+                format!("GRANT SELECT, UPDATE ON queues TO {}", user.name),
             ],
             _ => {
                 let database = url::Url::parse(&db.url).expect("URL").path()[1..].to_owned();
@@ -531,6 +532,10 @@ impl DbUser {
                     ),
                     format!(
                         "GRANT SELECT, UPDATE ON {database}.jobs TO '{}'@'%'",
+                        user.name
+                    ),
+                    format!(
+                        "GRANT SELECT, UPDATE ON {database}.queues TO '{}'@'%'",
                         user.name
                     ),
                 ]
@@ -555,7 +560,7 @@ impl DbUser {
     fn drop_statements(&self) -> Vec<String> {
         match self.backend {
             Backend::Postgres => vec![
-                format!("REVOKE ALL ON jobs FROM {}", self.name),
+                format!("REVOKE ALL ON jobs, queues FROM {}", self.name),
                 format!("DROP ROLE {}", self.name),
             ],
             _ => vec![format!("DROP USER '{}'@'%'", self.name)],

@@ -952,7 +952,8 @@ async fn assert_status_prints(db: &TestDb, done: usize, failed: usize) {
         "jobsd status exits 0 with hostile rows in the table: {}\n{stdout}\n{stderr}",
         output.status
     );
-    let lines: Vec<&str> = stdout.lines().collect();
+    // The jobs table comes first; the counts by queue follow a blank line.
+    let lines: Vec<&str> = stdout.lines().take_while(|line| !line.is_empty()).collect();
     assert!(
         lines
             .iter()
