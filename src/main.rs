@@ -80,7 +80,8 @@ enum Command {
         #[arg(long, allow_hyphen_values = true)]
         priority: Option<i16>,
     },
-    /// Pause or resume a queue on every replica (as `UPDATE queues SET paused_at = …`)
+    /// Pause or resume a queue on every replica, as `UPDATE queues SET paused_at = …` does
+    /// (applies pending migrations first)
     Queue {
         #[command(subcommand)]
         action: QueueAction,
@@ -262,6 +263,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Resume { id } => request(&*store, id, Control::Resume).await?,
         Command::Terminate { id } => request(&*store, id, Control::Terminate).await?,
         Command::Queue { action } => {
+            store::migrate(store.as_ref(), &config.database_url).await?;
             let (name, paused) = match action {
                 QueueAction::Pause { name } => (name, true),
                 QueueAction::Resume { name } => (name, false),
