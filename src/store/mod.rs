@@ -6,9 +6,11 @@
 //! the canceller racing a finishing job, can never both win, and a terminal state is written once.
 
 mod claim;
+mod claiming;
 mod files;
 mod mysql;
 mod postgres;
+mod queues;
 mod secrets;
 mod sql;
 mod sqlite;
@@ -31,6 +33,8 @@ use crate::job::{
 use claim::{ATTEMPT_BACK, NEXT_ATTEMPT};
 pub use claim::{Claim, Scope};
 pub use files::{ImportBatch, is_identifier};
+use queues::QueueLimits;
+pub use queues::{QueueRow, Resume, Resumed};
 pub use secrets::{redact, scrub, scrub_all, secrets};
 pub use sql::SqlStore;
 
@@ -220,107 +224,6 @@ pub trait Schema: Send + Sync {
     /// Wakes the publishers in `wakes` when jobs are inserted or control requests written,
     /// until `stop`. Backends that cannot be told return at once, and the publishers poll.
     async fn watch(&self, wakes: Wakes, stop: CancellationToken);
-}
-
-/// A resume of a paused job that a replica holds.
-#[derive(Debug, Clone, Copy)]
-pub struct Resume<'a> {
-    pub id: i64,
-    pub worker: &'a str,
-    /// The job's queue, whose pause and concurrency the resume respects.
-    pub queue: &'a str,
-    /// How fresh a sign of life must be for a job to count in the queue's concurrency.
-    pub dead_after: Duration,
-}
-
-/// What became of a resume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resumed {
-    /// RUNNING again.
-    Yes,
-    /// The job is no longer this worker's (terminated, or taken over).
-    Lost,
-    /// Its queue is paused or at its concurrency: still PAUSED; try again later.
-    Wait,
-}
-
-/// A row of `queues`, as the replicas read it to know which queues to claim from one by one.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct QueueRow {
-    pub name: String,
-    /// 1 when `paused_at` is set.
-    pub paused: i64,
-    pub concurrency: Option<i64>,
-    pub rate_per_second: Option<f64>,
-}
-
-impl QueueRow {
-    /// Whether its jobs are claimed one queue at a time, under its row's lock.
-    pub fn limited(&self) -> bool {
-        self.paused == 0 && (self.concurrency.is_some() || self.rate_per_second.is_some())
-    }
-}
-
-/// The longest wait between two starts a queue's rate can ask for.
-const DAY_SECONDS: f64 = 86_400.0;
-
-/// A limited queue's row, locked, with the database's time.
-#[derive(Debug, Clone)]
-struct QueueLimits {
-    paused: bool,
-    concurrency: Option<i64>,
-    rate_per_second: Option<f64>,
-    next_start_at: Option<chrono::DateTime<chrono::Utc>>,
-    now: chrono::DateTime<chrono::Utc>,
-}
-
-impl QueueLimits {
-    /// Reads the row of [`statements::Sql::lock_queue`]. A value that cannot be read (SQLite
-    /// text a user wrote into `next_start_at`) is taken as unknown, which never lets more run.
-    fn read<R>(row: &R) -> Result<Self>
-    where
-        R: sqlx::Row,
-        for<'c> &'c str: sqlx::ColumnIndex<R>,
-        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> chrono::DateTime<chrono::Utc>:
-            sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
-        Ok(QueueLimits {
-            paused: row
-                .try_get::<i64, _>("paused")
-                .map_or(true, |paused| paused != 0),
-            concurrency: row.try_get("concurrency").unwrap_or(Some(0)),
-            rate_per_second: row
-                .try_get("rate_per_second")
-                .unwrap_or(Some(f64::MIN_POSITIVE)),
-            next_start_at: row.try_get("next_start_at").ok().flatten(),
-            now: row.try_get("now")?,
-        })
-    }
-
-    /// How many starts the queue's rate lets a claim reserve now (at most `wanted`), the first
-    /// of them, and the seconds between them: one `1 / rate` apart, from the next free start
-    /// (never in the past), none further than `ahead` from now. Replicas reserve in turn, under
-    /// the row's lock, so starts across the cluster are never closer than the rate allows.
-    fn starts(&self, wanted: u32, ahead: Duration) -> (u32, chrono::DateTime<chrono::Utc>, f64) {
-        let Some(rate) = self.rate_per_second else {
-            return (wanted, self.now, 0.0);
-        };
-        // A rate below one start a day is taken as one a day: the reserved times stay times.
-        let gap = (1.0 / rate).min(DAY_SECONDS);
-        let first = self
-            .next_start_at
-            .map_or(self.now, |next| next.max(self.now));
-        let room = (self.now - first).as_seconds_f64() + ahead.as_secs_f64();
-        let fit = if room < 0.0 {
-            0.0
-        } else {
-            (room / gap).floor() + 1.0
-        };
-        // The cast saturates: a fit beyond u32 is as good as `wanted`.
-        (wanted.min(fit as u32), first, gap)
-    }
 }
 
 /// The publishers a database notification can wake.

@@ -52,8 +52,6 @@ impl Dialect for MySql {
 
     /// MySQL has no UPDATE … RETURNING.
     const RETURNING: bool = false;
-    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    const LOCKED: &'static str = " FOR UPDATE";
 
     /// LENGTH counts bytes, from the row's header for an off-page value.
     fn byte_length(column: &str) -> String {

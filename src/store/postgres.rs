@@ -52,10 +52,6 @@ impl Dialect for Postgres {
     const SAME: &'static str = "IS NOT DISTINCT FROM";
     const INTEGER: &'static str = "BIGINT";
 
-    const RETURNING: bool = true;
-    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    const LOCKED: &'static str = " FOR UPDATE";
-
     /// The size of a TOASTed value is read without the value.
     fn byte_length(column: &str) -> String {
         format!("CAST(octet_length({column}) AS BIGINT)")
@@ -63,10 +59,6 @@ impl Dialect for Postgres {
 
     fn push_time(query: &mut QueryBuilder<'_, Self>, at: DateTime<Utc>) {
         query.push_bind(at);
-    }
-
-    fn skip_duplicate(_key: &str) -> String {
-        " ON CONFLICT DO NOTHING".to_owned()
     }
 
     fn push_in_ids(query: &mut QueryBuilder<'_, Self>, ids: &[i64]) {

@@ -117,111 +117,9 @@ macro_rules! shared_duties {
             ) -> Result<bool> {
                 Ok(self.change(build).await? == 1)
             }
-
-            /// Claims on `connection`, a transaction where the dialect has no RETURNING.
-            async fn claim_on(
-                connection: &mut <$db as sqlx::Database>::Connection,
-                claim: &Claim<'_>,
-            ) -> Result<Vec<ClaimedJob>> {
-                if <$db as Dialect>::RETURNING {
-                    let mut query = Sql::<$db>::claim_returning(claim);
-                    let rows = query.build().fetch_all(&mut *connection).await?;
-                    return claimed_rows(&rows, claim, claim.start);
-                }
-                let mut query = Sql::<$db>::claim_select(claim);
-                let rows = query.build().fetch_all(&mut *connection).await?;
-                // Read before the update: `attempts` is already the count before the run.
-                let jobs = claimed_rows(&rows, claim, false)?;
-                if !jobs.is_empty() {
-                    let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
-                    let mut update = Sql::<$db>::claim_update(claim, &ids);
-                    update.build().execute(&mut *connection).await?;
-                }
-                Ok(jobs)
-            }
-
-            /// A claim from the queues without a pause or a limit.
-            async fn claim_unlimited(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
-                if claim.scope == Scope::UnlimitedOf(&[]) {
-                    return Ok(Vec::new());
-                }
-                if <$db as Dialect>::RETURNING {
-                    let mut connection = self.pool.acquire().await?;
-                    return Self::claim_on(&mut connection, claim).await;
-                }
-                let mut tx = <$db as Backend>::begin(&self.pool).await?;
-                let jobs = Self::claim_on(&mut tx, claim).await?;
-                tx.commit().await?;
-                Ok(jobs)
-            }
-
-            /// A claim from queue `name`, under its row's lock: what its pause, concurrency and
-            /// rate allow.
-            async fn claim_limited(&self, claim: &Claim<'_>, name: &str) -> Result<Vec<ClaimedJob>> {
-                let mut tx = <$db as Backend>::begin(&self.pool).await?;
-                let mut lock = Sql::<$db>::lock_queue(name);
-                // No row: the queue's limits were just removed; the next unlimited claim takes
-                // its jobs. (Dropping the transaction rolls it back.)
-                let Some(row) = lock.build().fetch_optional(&mut *tx).await? else {
-                    return Ok(Vec::new());
-                };
-                let limits = QueueLimits::read(&row)?;
-                if limits.paused {
-                    return Ok(Vec::new());
-                }
-                let mut wanted = claim.limit;
-                if let Some(concurrency) = limits.concurrency {
-                    let mut count = Sql::<$db>::busy(name, claim.dead_after);
-                    let busy: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
-                    wanted = wanted.min(u32::try_from(concurrency.saturating_sub(busy)).unwrap_or(0));
-                }
-                let (wanted, first, gap) = limits.starts(wanted, claim.ahead);
-                if wanted == 0 {
-                    return Ok(Vec::new());
-                }
-                let paced = limits.rate_per_second.is_some();
-                let this = Claim {
-                    limit: wanted,
-                    // A job whose start the rate reserved starts then, not now.
-                    start: claim.start && !paced,
-                    ..claim.clone()
-                };
-                let mut jobs = Self::claim_on(&mut tx, &this).await?;
-                if paced && !jobs.is_empty() {
-                    let step = |n: usize| {
-                        chrono::Duration::microseconds((gap * n as f64 * 1e6) as i64)
-                    };
-                    let at = |n: usize| first.checked_add_signed(step(n)).unwrap_or(first);
-                    for (n, job) in jobs.iter_mut().enumerate() {
-                        job.wait = (at(n) - limits.now).to_std().ok().filter(|wait| !wait.is_zero());
-                    }
-                    let next = at(jobs.len());
-                    Sql::<$db>::reserve_starts(name, next).build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                Ok(jobs)
-            }
-
-            /// RUNNING by `worker` → DONE for the jobs `ids` (never empty); the ids it changed.
-            async fn finish_done(
-                connection: &mut <$db as sqlx::Database>::Connection,
-                worker: &str,
-                ids: &[i64],
-            ) -> Result<Vec<i64>> {
-                if <$db as Dialect>::RETURNING {
-                    let mut query = Sql::<$db>::finish_done(worker, ids);
-                    query.push(" RETURNING id");
-                    return query.build_query_scalar().fetch_all(&mut *connection).await;
-                }
-                let mut locked = Sql::<$db>::locked_running(worker, ids);
-                let ours: Vec<i64> = locked.build_query_scalar().fetch_all(&mut *connection).await?;
-                if !ours.is_empty() {
-                    let mut query = Sql::<$db>::finish_done(worker, &ours);
-                    query.build().execute(&mut *connection).await?;
-                }
-                Ok(ours)
-            }
         }
+
+        claiming!($db);
 
         #[async_trait]
         impl Lifecycle for SqlStore<$db> {
@@ -526,6 +424,7 @@ mod duties {
         Settlement, Status, UnknownStatus,
     };
     use crate::store::claim::claimed_rows;
+    use crate::store::claiming::claiming;
     use crate::store::files::{export_sql, text_row};
     use crate::store::statements::Dialect;
     use crate::store::statements::Sql;

@@ -102,7 +102,6 @@ impl Dialect for Sqlite {
     const SAME: &'static str = "IS";
     const INTEGER: &'static str = "INTEGER";
 
-    const RETURNING: bool = true;
     /// One writer at a time: nothing to skip, and a write transaction excludes the others.
     const SKIP_LOCKED: &'static str = "";
     const LOCKED: &'static str = "";
@@ -114,10 +113,6 @@ impl Dialect for Sqlite {
 
     fn push_time(query: &mut QueryBuilder<'_, Self>, at: DateTime<Utc>) {
         query.push_bind(text(at));
-    }
-
-    fn skip_duplicate(_key: &str) -> String {
-        " ON CONFLICT DO NOTHING".to_owned()
     }
 
     /// One parameter, a JSON array, whatever the list's length.

@@ -50,15 +50,15 @@ pub(super) trait Dialect: Database {
 
     /// Whether an UPDATE can name the rows it changed (`RETURNING`); without it (MySQL) the
     /// rows are selected `FOR UPDATE` first and updated by id in the same transaction.
-    const RETURNING: bool;
+    const RETURNING: bool = true;
 
     /// What a claim's SELECT ends with, so that replicas claiming at once skip each other's
     /// rows instead of waiting; empty where one writer at a time is all there is (SQLite).
-    const SKIP_LOCKED: &'static str;
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     /// What a SELECT ends with to lock the row it reads until the transaction ends; empty on
     /// SQLite, whose write transactions already exclude each other.
-    const LOCKED: &'static str;
+    const LOCKED: &'static str = " FOR UPDATE";
 
     /// The size of `column`'s value in bytes, as a 64-bit integer, read without the value.
     fn byte_length(column: &str) -> String;
@@ -67,7 +67,9 @@ pub(super) trait Dialect: Database {
     fn push_time(query: &mut QueryBuilder<'_, Self>, at: DateTime<Utc>);
 
     /// What an INSERT ends with to skip a row whose key `key` is taken, quietly.
-    fn skip_duplicate(key: &str) -> String;
+    fn skip_duplicate(_key: &str) -> String {
+        " ON CONFLICT DO NOTHING".to_owned()
+    }
 }
 
 /// The statements, over one set of bounds: what each dialect's sqlx binds.
@@ -489,75 +491,5 @@ where
                 " THEN {column} END AS {column}, {bytes} AS {column}_bytes"
             ));
         }
-    }
-
-    /// A limited queue's row, locked until the transaction ends, with the statement's time:
-    /// the columns of [`QueueLimits`](super::QueueLimits).
-    pub fn lock_queue(name: &str) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new(format!(
-            "SELECT CAST(CASE WHEN paused_at IS NULL THEN 0 ELSE 1 END AS {int}) AS paused, \
-             CAST(concurrency AS {int}) AS concurrency, rate_per_second, next_start_at, ",
-            int = DB::INTEGER
-        ));
-        DB::push_now(&mut query, Clock::now());
-        query.push(" AS now FROM queues WHERE name = ");
-        query.push_bind(name.to_owned());
-        query.push(DB::LOCKED);
-        query
-    }
-
-    /// How many of queue `name`'s jobs hold a place in its concurrency: QUEUED or RUNNING, with
-    /// a sign of life younger than `dead_after` (a dead replica's jobs stop counting).
-    pub fn busy(name: &str, dead_after: Duration) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new(
-            "SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND queue = ",
-        );
-        query.push_bind(name.to_owned());
-        query.push(format_args!(" AND {LAST_SIGN} >= "));
-        DB::push_shifted(&mut query, Clock::now(), dead_after, false);
-        query
-    }
-
-    /// Records the next start a queue's rate allows.
-    pub fn reserve_starts(name: &str, next: DateTime<Utc>) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new("UPDATE queues SET next_start_at = ");
-        DB::push_time(&mut query, next);
-        query.push(" WHERE name = ");
-        query.push_bind(name.to_owned());
-        query
-    }
-
-    /// The `queues` rows, as [`QueueRow`](super::QueueRow)s.
-    pub fn queues() -> QueryBuilder<'a, DB> {
-        QueryBuilder::new(format!(
-            "SELECT name, CAST(CASE WHEN paused_at IS NULL THEN 0 ELSE 1 END AS {int}) AS paused, \
-             CAST(concurrency AS {int}) AS concurrency, rate_per_second FROM queues ORDER BY name",
-            int = DB::INTEGER
-        ))
-    }
-
-    /// The row of queue `name`, made if there is none (`jobsd queue pause|resume`).
-    pub fn add_queue(name: &str) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new("INSERT INTO queues (name) VALUES (");
-        query.push_bind(name.to_owned());
-        query.push(")");
-        query.push(DB::skip_duplicate("name"));
-        query
-    }
-
-    /// Pauses queue `name`, as `UPDATE queues SET paused_at = now()` does, or lets it run.
-    pub fn pause_queue(name: &str, paused: bool) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new("UPDATE queues SET paused_at = ");
-        if paused {
-            // A pause already in place keeps its time.
-            query.push("COALESCE(paused_at, ");
-            DB::push_now(&mut query, Clock::now());
-            query.push(")");
-        } else {
-            query.push("NULL");
-        }
-        query.push(" WHERE name = ");
-        query.push_bind(name.to_owned());
-        query
     }
 }
