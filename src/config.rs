@@ -56,6 +56,12 @@ pub struct Config {
     pub max_payload_bytes: u64,
     /// The only queues this replica serves; empty, every queue.
     pub queues: Vec<String>,
+    /// DONE rows whose `finished_at` is older are deleted; 0 keeps them.
+    #[serde(with = "humantime_serde")]
+    pub retain_done: Duration,
+    /// The same for FAILED and CANCELLED rows.
+    #[serde(with = "humantime_serde")]
+    pub retain_failed: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -228,6 +234,11 @@ impl Config {
         self.consumers.min(16) + 4
     }
 
+    /// How often the pruner looks for old finished rows: thirty polls, at most a minute.
+    pub fn prune_interval(&self) -> Duration {
+        (self.poll_interval * 30).min(Duration::from_secs(60))
+    }
+
     /// How often a running job should prove it is alive: well inside `dead_after`.
     pub fn heartbeat_interval(&self) -> Duration {
         (self.dead_after / 4).min(Duration::from_secs(1))
@@ -248,6 +259,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("csv_dir", "csv"),
     ("max_payload_bytes", "1048576"),
     ("health_file", "/tmp/jobsd.health"),
+    ("retain_done", "7days"),
+    ("retain_failed", "30days"),
 ];
 
 fn env_name(setting: &str) -> String {

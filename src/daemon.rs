@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::consumer::{self, Pool};
 use crate::handlers::Handlers;
 use crate::held::{Held, Slots};
-use crate::publisher::{self, Controls, DeadJobs, NewJobs};
+use crate::publisher::{self, Controls, DeadJobs, NewJobs, Pruner};
 use crate::replica::{self, Replica};
 use crate::store::{Store, Wakes};
 
@@ -150,6 +150,19 @@ impl Daemon {
             controls,
             config.control_interval,
             wake,
+            shutdown.clone(),
+        ));
+        let pruner = Pruner {
+            replica: Arc::clone(&replica),
+            retain_done: config.retain_done,
+            retain_failed: config.retain_failed,
+            lease_for: config.prune_interval() * 3,
+            off: false,
+        };
+        loops.spawn(publisher::drive(
+            pruner,
+            config.prune_interval(),
+            None,
             shutdown.clone(),
         ));
         let (outcomes_tx, outcomes_rx) = mpsc::channel(completer::BATCH);

@@ -10,6 +10,7 @@ mod claiming;
 mod files;
 mod mysql;
 mod postgres;
+mod pruning;
 mod queues;
 mod secrets;
 mod sql;
@@ -46,9 +47,15 @@ pub type TextRow = Vec<Option<String>>;
 /// The database operations of jobsd, by duty. Methods that change a job return whether they
 /// won: `false` means the row was not in the expected state (another replica or the canceller
 /// got there first), which callers treat as a normal outcome, not an error.
-pub trait Store: Lifecycle + Controls + Queues + Files + Inspect + Schema + 'static {}
+pub trait Store:
+    Lifecycle + Controls + Queues + Pruning + Files + Inspect + Schema + 'static
+{
+}
 
-impl<T: Lifecycle + Controls + Queues + Files + Inspect + Schema + 'static> Store for T {}
+impl<T> Store for T where
+    T: Lifecycle + Controls + Queues + Pruning + Files + Inspect + Schema + 'static
+{
+}
 
 /// A job's way from NEW to its end, as the replica that holds it, or the sweep for dead jobs,
 /// writes it.
@@ -159,6 +166,18 @@ pub trait Queues: Send + Sync {
 
     /// How many jobs each queue has in each status.
     async fn queue_counts(&self) -> Result<Vec<(String, Status, i64)>>;
+}
+
+/// Deleting old finished rows, one replica at a time.
+#[async_trait]
+pub trait Pruning: Send + Sync {
+    /// Takes, or renews, the lease `name` for `holder` until `ttl` from now; whether `holder`
+    /// holds it.
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool>;
+
+    /// Deletes up to `limit` rows in `statuses` (finished ones only) that finished more than
+    /// `older_than` ago, oldest first; how many it deleted.
+    async fn prune(&self, statuses: &[Status], older_than: Duration, limit: u32) -> Result<u64>;
 }
 
 /// What the file kinds read and write: users' own tables.
@@ -431,6 +450,21 @@ pub fn storable(reason: &str) -> std::borrow::Cow<'_, str> {
         text.push_str(CUT);
     }
     std::borrow::Cow::Owned(text)
+}
+
+/// Whether `error` says the database user may not do this (no DELETE, no UPDATE on a table):
+/// asking again will not help until someone grants it.
+pub fn is_denied(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    if let Some(error) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // Table, column or command access denied.
+        return matches!(error.number(), 1142 | 1143 | 1044);
+    }
+    // PostgreSQL's insufficient_privilege; SQLite's READONLY, in any extended form.
+    let code = error.code().unwrap_or_default();
+    code == "42501" || code.parse::<i32>().is_ok_and(|number| number & 0xff == 8)
 }
 
 /// Whether trying `error` again later may succeed: the connection, the server, or a lock race

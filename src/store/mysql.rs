@@ -52,6 +52,7 @@ impl Dialect for MySql {
 
     /// MySQL has no UPDATE … RETURNING.
     const RETURNING: bool = false;
+    const SELF_SUBQUERY: bool = false;
 
     /// LENGTH counts bytes, from the row's header for an off-page value.
     fn byte_length(column: &str) -> String {

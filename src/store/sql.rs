@@ -313,6 +313,39 @@ macro_rules! shared_duties {
         }
 
         #[async_trait]
+        impl Pruning for SqlStore<$db> {
+            async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+                self.won(|| Sql::<$db>::take_lease(name, holder, ttl)).await
+            }
+
+            async fn prune(
+                &self,
+                statuses: &[Status],
+                older_than: Duration,
+                limit: u32,
+            ) -> Result<u64> {
+                if <$db as Dialect>::SELF_SUBQUERY {
+                    return self
+                        .change(|| Sql::<$db>::prune(statuses, older_than, limit))
+                        .await;
+                }
+                retry_deadlocks(|| async {
+                    let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                    let mut old = Sql::<$db>::old_finished(statuses, older_than, limit);
+                    let ids: Vec<i64> = old.build_query_scalar().fetch_all(&mut *tx).await?;
+                    if ids.is_empty() {
+                        return Ok(0);
+                    }
+                    let mut delete = Sql::<$db>::delete_finished(statuses, &ids);
+                    let deleted = delete.build().execute(&mut *tx).await?.rows_affected();
+                    tx.commit().await?;
+                    Ok(deleted)
+                })
+                .await
+            }
+        }
+
+        #[async_trait]
         impl Files for SqlStore<$db> {
             async fn columns(&self, table: &str) -> Result<Vec<String>> {
                 <$db as Backend>::columns(&self.pool, table).await
@@ -432,7 +465,7 @@ mod duties {
         Claim, Controls, Files, ImportBatch, Inspect, Lifecycle, Result, Schema, TextRow, Wakes,
         done_ids, each_row, status_counts,
     };
-    use crate::store::{QueueLimits, QueueRow, Queues, Resume, Resumed, Scope};
+    use crate::store::{Pruning, QueueLimits, QueueRow, Queues, Resume, Resumed, Scope};
 
     shared_duties!(Postgres);
     shared_duties!(MySql);

@@ -52,6 +52,10 @@ pub(super) trait Dialect: Database {
     /// rows are selected `FOR UPDATE` first and updated by id in the same transaction.
     const RETURNING: bool = true;
 
+    /// Whether a statement may change a table that its own subquery reads; MySQL refuses it
+    /// (error 1093), so there the rows are selected `FOR UPDATE` first, in a transaction.
+    const SELF_SUBQUERY: bool = true;
+
     /// What a claim's SELECT ends with, so that replicas claiming at once skip each other's
     /// rows instead of waiting; empty where one writer at a time is all there is (SQLite).
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";

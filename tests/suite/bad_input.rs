@@ -489,7 +489,7 @@ async fn migrations_applied(db: &TestDb) -> i64 {
 
 /// A database user with SELECT and UPDATE on `jobs` only, and a password. It is dropped when the
 /// guard goes, also when the test panics (roles outlive a PostgreSQL database).
-struct DbUser {
+pub(crate) struct DbUser {
     backend: Backend,
     /// The test database's own URL, whose user may create and drop users.
     admin_url: String,
@@ -499,7 +499,7 @@ struct DbUser {
 }
 
 impl DbUser {
-    async fn create(db: &TestDb) -> DbUser {
+    pub(crate) async fn create(db: &TestDb) -> DbUser {
         let random = |n: usize| -> String {
             rand::rng()
                 .sample_iter(rand::distr::Alphanumeric)
@@ -550,7 +550,7 @@ impl DbUser {
     }
 
     /// The database's URL with this user and password.
-    fn url(&self, database_url: &str) -> String {
+    pub(crate) fn url(&self, database_url: &str) -> String {
         let mut url = url::Url::parse(database_url).expect("URL");
         url.set_username(&self.name).expect("user name");
         url.set_password(Some(&self.password)).expect("password");
@@ -567,7 +567,7 @@ impl DbUser {
         }
     }
 
-    async fn drop_now(&mut self) {
+    pub(crate) async fn drop_now(&mut self) {
         let pool = crate::common::sql_at(&self.admin_url).await;
         for statement in self.drop_statements() {
             sqlx::query(&statement)

@@ -8,6 +8,7 @@ mod daemon;
 mod files;
 mod hostile;
 mod outage;
+mod pruning;
 mod queues;
 mod reliability;
 mod state_machine;
