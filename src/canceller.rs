@@ -42,7 +42,10 @@ impl Canceller {
                             tracing::warn!(job = job.id, worker, "{reason}")
                         }
                         Settlement::Cancel { reason } => {
-                            tracing::warn!(job = job.id, worker, "{reason}")
+                            tracing::warn!(job = job.id, worker, "{reason}");
+                            if let Some(labels) = self.replica.held.labels(job.id) {
+                                self.replica.metrics.cancelled(&labels);
+                            }
                         }
                     }
                     self.replica.held.take_away(job.id);

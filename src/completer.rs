@@ -109,6 +109,9 @@ impl Completer {
                 tracing::info!(job = id, "job was settled elsewhere before it finished");
                 continue;
             }
+            if let Some(labels) = self.replica.held.labels(*id) {
+                self.replica.metrics.finished(&labels, outcome);
+            }
             match outcome {
                 Outcome::Done => tracing::debug!(job = id, "done"),
                 Outcome::Failed { reason } => tracing::warn!(job = id, "failed: {reason}"),

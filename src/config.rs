@@ -56,6 +56,8 @@ pub struct Config {
     pub max_payload_bytes: u64,
     /// The only queues this replica serves; empty, every queue.
     pub queues: Vec<String>,
+    /// Where `GET /metrics` is served; unset, nothing listens.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// DONE rows whose `finished_at` is older are deleted; 0 keeps them.
     #[serde(with = "humantime_serde")]
     pub retain_done: Duration,

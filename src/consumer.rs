@@ -152,7 +152,16 @@ impl Pool {
             // Dropping `held` lets go of the job and frees its slot.
             return;
         }
+        let metrics = &replica.metrics;
+        let (queue, kind) = (job.queue.clone(), job.kind.clone());
+        let waited = job
+            .run_at
+            .and_then(|due| (chrono::Utc::now() - due).to_std().ok())
+            .unwrap_or_default();
+        metrics.started(&queue, &kind, waited);
+        let began = std::time::Instant::now();
         let (run, held) = self.execute(job, held).await;
+        metrics.ran(&queue, &kind, began.elapsed());
         match run {
             Run::Ended(outcome) => {
                 // The row stays RUNNING and ours until the completer writes the outcome, and

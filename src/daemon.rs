@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::consumer::{self, Pool};
 use crate::handlers::Handlers;
 use crate::held::{Held, Slots};
+use crate::metrics::{self, Metrics};
 use crate::publisher::{self, Controls, DeadJobs, NewJobs, Pruner};
 use crate::replica::{self, Replica};
 use crate::store::{Store, Wakes};
@@ -87,6 +88,13 @@ impl Daemon {
         // Files an earlier process left say nothing about this one.
         replica::remove(&config.health_file).await;
         replica::remove(&liveness_file).await;
+        // Bound before anything starts: an address in use is an error now, not a silent gap.
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(metrics::bind(addr).await.map_err(|error| {
+                anyhow::anyhow!("cannot serve metrics on metrics_addr {addr}: {error}")
+            })?),
+            None => None,
+        };
         let ticker = tokio::spawn(replica::keep_alive(liveness_file.clone(), shutdown.clone()));
         let wakes = Wakes::default();
         let slots = Slots::new(consumers, Arc::clone(&wakes.new_jobs));
@@ -95,6 +103,7 @@ impl Daemon {
             worker: Arc::clone(&self.worker),
             held: Arc::new(Held::new(slots)),
             wakes,
+            metrics: Arc::new(Metrics::default()),
             heartbeat_interval: config.heartbeat_interval(),
             dead_after: config.dead_after,
             health_file: config.health_file.clone(),
@@ -112,6 +121,15 @@ impl Daemon {
             );
             async move { store.watch(wakes, stop).await }
         });
+        if let Some(listener) = metrics_listener {
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving GET /metrics");
+            loops.spawn(metrics::serve(
+                listener,
+                Arc::clone(&replica.metrics),
+                Arc::clone(&self.store),
+                shutdown.clone(),
+            ));
+        }
         let limiter = consumer::limiter(config.rate_per_second);
         let new_jobs = NewJobs {
             start: limiter.is_none(),

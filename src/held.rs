@@ -18,6 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{ClaimedJob, Outcome};
 
+/// A held job's queue and kind: what its metrics are labelled with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels {
+    pub queue: String,
+    pub kind: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Queued,
@@ -68,6 +75,8 @@ pub(crate) struct Held {
 
 struct Entry {
     state: State,
+    /// The job's queue and kind, for the metrics of its outcome.
+    labels: Arc<Labels>,
     lost: CancellationToken,
     interrupt: CancellationToken,
     /// Also tells this run's entry from a later run's of the same job: each run has its own.
@@ -269,12 +278,19 @@ impl Held {
 
     /// A claimed job enters, QUEUED or RUNNING if its claim started it, with the slot taken for
     /// it; it leaves when the [`HeldJob`] is dropped.
-    pub fn enter(self: &Arc<Self>, id: i64, state: State, slot: OwnedSemaphorePermit) -> HeldJob {
+    pub fn enter(
+        self: &Arc<Self>,
+        id: i64,
+        state: State,
+        slot: OwnedSemaphorePermit,
+        labels: Labels,
+    ) -> HeldJob {
         let lost = CancellationToken::new();
         let interrupt = self.interrupt_all.child_token();
         let pause = Arc::new(PauseSignal::default());
         let entry = Entry {
             state,
+            labels: Arc::new(labels),
             lost: lost.clone(),
             interrupt: interrupt.clone(),
             pause: Arc::clone(&pause),
@@ -321,6 +337,11 @@ impl Held {
         {
             jobs.remove(&id);
         }
+    }
+
+    /// The queue and kind of a job this replica holds.
+    pub fn labels(&self, id: i64) -> Option<Arc<Labels>> {
+        self.lock().get(&id).map(|entry| Arc::clone(&entry.labels))
     }
 
     /// Stops the job's task if this replica holds the job; `false` if it does not.
@@ -396,7 +417,7 @@ mod tests {
     fn claim(held: &Arc<Held>, id: i64) -> HeldJob {
         let mut slots = held.slots.take_free();
         let slot = slots.pop().expect("a free slot");
-        held.enter(id, State::Queued, slot)
+        held.enter(id, State::Queued, slot, Labels::default())
     }
 
     fn woken(wake: &Notify) -> bool {

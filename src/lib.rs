@@ -31,6 +31,7 @@ pub mod demo;
 pub mod handlers;
 mod held;
 pub mod job;
+pub mod metrics;
 mod publisher;
 mod replica;
 mod row;

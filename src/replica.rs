@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::held::Held;
+use crate::metrics::Metrics;
 use crate::store::{Store, Wakes};
 
 pub(crate) struct Replica {
@@ -23,6 +24,8 @@ pub(crate) struct Replica {
     /// Shared with every [`HeldJob`](crate::held::HeldJob), which lets go of its own entry.
     pub held: Arc<Held>,
     pub wakes: Wakes,
+    /// What this replica has done, for `/metrics`; recorded whether or not it is served.
+    pub metrics: Arc<Metrics>,
     /// How often a running job should prove it is alive.
     pub heartbeat_interval: Duration,
     /// How long a job may go without a sign of life reaching the database before another

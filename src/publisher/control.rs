@@ -35,6 +35,9 @@ impl Controls {
         match replica.store.apply_control(request, action).await {
             Ok(true) => {
                 if action == ControlAction::Terminate {
+                    if let Some(labels) = replica.held.labels(id) {
+                        replica.metrics.cancelled(&labels);
+                    }
                     replica.held.take_away(id);
                 }
                 tracing::info!(job = id, %control, from = %request.status, ?action, "control request applied");

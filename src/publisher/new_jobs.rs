@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::Publisher;
-use crate::held::{Claimed, State};
+use crate::held::{Claimed, Labels, State};
 use crate::job::ClaimedJob;
 use crate::replica::Replica;
 use crate::store::{Claim, QueueRow, Result, Scope};
@@ -117,7 +117,11 @@ impl NewJobs {
             } else {
                 State::Queued
             };
-            let held = replica.held.enter(id, state, slot);
+            let labels = Labels {
+                queue: job.queue.clone(),
+                kind: job.kind.clone(),
+            };
+            let held = replica.held.enter(id, state, slot, labels);
             let not_before = job.wait.map(|wait| tokio::time::Instant::now() + wait);
             let claimed = Claimed {
                 job,

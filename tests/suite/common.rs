@@ -143,6 +143,7 @@ impl TestDb {
             csv_dir: ".".into(),
             max_payload_bytes: 1024 * 1024,
             queues: Vec::new(),
+            metrics_addr: None,
             retain_done: Duration::from_secs(7 * 24 * 3600),
             retain_failed: Duration::from_secs(30 * 24 * 3600),
             health_file: std::env::temp_dir()

@@ -7,6 +7,7 @@ mod control;
 mod daemon;
 mod files;
 mod hostile;
+mod metrics;
 mod outage;
 mod pruning;
 mod queues;
