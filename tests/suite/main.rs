@@ -12,3 +12,4 @@ mod queues;
 mod reliability;
 mod state_machine;
 mod store;
+mod unique;
