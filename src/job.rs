@@ -243,6 +243,7 @@ crate::row::table_row! {
         pub worker: Option<String>,
         pub queue: String,
         pub priority: i16,
+        pub unique_key: Option<String>,
     }
 }
 
@@ -257,6 +258,9 @@ pub struct NewJob {
     pub max_attempts: Option<i32>,
     pub queue: Option<String>,
     pub priority: Option<i16>,
+    /// While a job with this key is live (NEW, QUEUED, RUNNING or PAUSED), the database refuses
+    /// another with the same key (DESIGN §2).
+    pub unique_key: Option<String>,
 }
 
 impl NewJob {

@@ -79,6 +79,10 @@ enum Command {
         /// Lower starts first [default: 0]
         #[arg(long, allow_hyphen_values = true)]
         priority: Option<i16>,
+        /// Insert nothing while a job with this key is NEW, QUEUED, RUNNING or PAUSED: print
+        /// that job's id instead
+        #[arg(long)]
+        unique_key: Option<String>,
     },
     /// Pause or resume a queue on every replica, as `UPDATE queues SET paused_at = …` does
     /// (applies pending migrations first)
@@ -227,6 +231,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             max_attempts,
             queue,
             priority,
+            unique_key,
         } => {
             store::migrate(store.as_ref(), &config.database_url).await?;
             let job = NewJob {
@@ -238,8 +243,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 max_attempts,
                 queue,
                 priority,
+                unique_key,
             };
-            println!("{}", store.insert(&job).await?);
+            let id = match &job.unique_key {
+                Some(key) => insert_unique(&*store, &job, key).await?,
+                None => store.insert(&job).await?,
+            };
+            println!("{id}");
         }
         Command::Bench {
             jobs,
@@ -319,6 +329,31 @@ fn age(file: &Path) -> std::io::Result<Duration> {
 
 fn seconds(age: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_secs(age.as_secs()))
+}
+
+/// How many times `enqueue --unique-key` tries before it gives up on a key that live jobs keep
+/// taking and finishing between its INSERT and its look-up.
+const UNIQUE_TRIES: u32 = 5;
+
+/// Inserts `job`, whose unique key is `key`, unless a live job holds the key; the id of the new
+/// job, or of the one holding the key (said on stderr). The INSERT decides, never a look-up
+/// before it: two of these racing insert one job. The look-up after a skip may find the key
+/// freed meanwhile (its job finished), and then the INSERT is tried again.
+async fn insert_unique(store: &dyn Store, job: &NewJob, key: &str) -> anyhow::Result<i64> {
+    for _ in 0..UNIQUE_TRIES {
+        if let Some(id) = store.insert_or_skip(job).await? {
+            return Ok(id);
+        }
+        if let Some(id) = store.live_with_key(key).await? {
+            eprintln!(
+                "jobsd: skipped: job {id} holds unique key {key:?} and is not finished; nothing inserted"
+            );
+            return Ok(id);
+        }
+    }
+    anyhow::bail!(
+        "unique key {key:?} was taken and freed again {UNIQUE_TRIES} times while enqueueing; try again"
+    )
 }
 
 /// Writes a control request; the daemon carries it out within `control_interval`.

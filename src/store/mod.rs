@@ -61,8 +61,15 @@ impl<T> Store for T where
 /// writes it.
 #[async_trait]
 pub trait Lifecycle: Send + Sync {
-    /// Inserts one job with the table's defaults for whatever `job` leaves out.
+    /// Inserts one job with the table's defaults for whatever `job` leaves out. If a live job
+    /// holds `job.unique_key`, the database refuses it: the error is its unique violation.
     async fn insert(&self, job: &NewJob) -> Result<i64>;
+
+    /// Inserts `job` as [`insert`](Self::insert) does, unless a live job (NEW, QUEUED, RUNNING
+    /// or PAUSED) holds its `unique_key`: then it inserts nothing and returns `None`. The
+    /// database decides, in the INSERT itself, so two callers racing with one key never both
+    /// insert.
+    async fn insert_or_skip(&self, job: &NewJob) -> Result<Option<i64>>;
 
     /// Claims up to `claim.limit` NEW jobs whose `run_at` has come, by `priority`, then `run_at`,
     /// then id: QUEUED, `queued_at`, `worker`. Rows another replica is claiming at the same
@@ -212,6 +219,10 @@ pub trait Inspect: Send + Sync {
 
     /// How many jobs are in each status.
     async fn counts(&self) -> Result<Vec<(Status, i64)>>;
+
+    /// The live job (NEW, QUEUED, RUNNING or PAUSED) that holds unique key `key`, if any: at
+    /// most one does, by the database's unique index.
+    async fn live_with_key(&self, key: &str) -> Result<Option<i64>>;
 
     /// Inserts `count` `sleep` jobs of `nanos` at once, for benchmarks; already DONE if `done`.
     async fn insert_many(&self, count: u32, nanos: i64, done: bool) -> Result<()>;
@@ -501,6 +512,19 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 
 /// The columns of [`DeadJob`], in every dialect.
 const DEAD: &str = "id, status, attempts, max_attempts, worker";
+
+/// The statuses in which a job holds its `unique_key` (DESIGN §2), as the migrations' unique
+/// indexes spell them: SQLite uses a partial index only for a query that repeats its condition.
+const LIVE: &str = "('NEW', 'QUEUED', 'RUNNING', 'PAUSED')";
+
+/// What the INSERT of a job ends with, on PostgreSQL and SQLite, to skip it quietly when a live
+/// job holds its unique key, and for no other reason: the conflict target names the partial
+/// unique index by its column and condition. (MySQL catches the unique violation instead.)
+fn skip_held_clause() -> String {
+    format!(
+        " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN {LIVE} DO NOTHING"
+    )
+}
 
 #[cfg(test)]
 mod tests {

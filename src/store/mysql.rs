@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder};
+use sqlx::{Encode, Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Type};
 
 use super::files::{ExportDialect, backticked, inserts};
 use super::sql::{Backend, SqlStore};
@@ -66,6 +66,18 @@ impl Dialect for MySql {
     /// Not INSERT IGNORE, which would also hide errors other than the duplicate.
     fn skip_duplicate(key: &str) -> String {
         format!(" ON DUPLICATE KEY UPDATE {key} = {key}")
+    }
+
+    /// The generated column that holds a live job's key as bytes (the unique-jobs migration),
+    /// read by its unique index; `unique_key` itself has no index, and compares by the table's
+    /// collation, for which 'Key' and 'key ' are 'key'.
+    fn push_held_key<'q>(query: &mut QueryBuilder<'q, Self>, key: &str)
+    where
+        String: Encode<'q, Self> + Type<Self>,
+    {
+        query.push("unique_live = CAST(");
+        query.push_bind(key.to_owned());
+        query.push(" AS BINARY)");
     }
 
     /// A list of placeholders rather than a JSON_TABLE subquery: MariaDB runs `UPDATE … WHERE
@@ -128,11 +140,16 @@ impl Backend for MySql {
         Ok(())
     }
 
-    async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<i64> {
-        let done = sqlx::query(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority) \
+    /// MySQL has no RETURNING, and sqlx's sessions count the rows an upsert finds, not those
+    /// it changes (CLIENT_FOUND_ROWS): a row skipped by `ON DUPLICATE KEY UPDATE id = id` and a
+    /// row inserted both report one. So the skip is the unique violation, caught; INSERT IGNORE would also turn a
+    /// key too long into a shortened one (and, on MySQL 8, a refused CHECK into a skipped row). The violation
+    /// can only be the live key's: the id is the table's own.
+    async fn insert(pool: &MySqlPool, job: &NewJob, skip_held: bool) -> Result<Option<i64>> {
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority, unique_key) \
              VALUES (COALESCE(?, 'sleep'), ?, ?, ?, COALESCE(?, 1), COALESCE(?, NOW(6)), \
-             COALESCE(?, 'default'), COALESCE(?, 0))",
+             COALESCE(?, 'default'), COALESCE(?, 0), ?)",
         )
         .bind(&job.kind)
         .bind(job.object_id)
@@ -142,9 +159,18 @@ impl Backend for MySql {
         .bind(job.run_at)
         .bind(&job.queue)
         .bind(job.priority)
+        .bind(&job.unique_key)
         .execute(pool)
-        .await?;
-        Ok(i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX))
+        .await;
+        match inserted {
+            Ok(done) => Ok(Some(
+                i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX),
+            )),
+            Err(sqlx::Error::Database(error)) if skip_held && error.is_unique_violation() => {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     async fn columns(pool: &MySqlPool, table: &str) -> Result<Vec<String>> {

@@ -14,7 +14,8 @@ use super::files::{ExportDialect, column_list, double_quoted};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
 use super::{
-    CONNECT_TIMEOUT, ImportBatch, MIGRATION_WAIT, Result, Wakes, micros, probe, with_database,
+    CONNECT_TIMEOUT, ImportBatch, MIGRATION_WAIT, Result, Wakes, micros, probe, skip_held_clause,
+    with_database,
 };
 use crate::job::NewJob;
 
@@ -119,12 +120,17 @@ impl Backend for Postgres {
         Ok(())
     }
 
-    async fn insert(pool: &PgPool, job: &NewJob) -> Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority) \
+    async fn insert(pool: &PgPool, job: &NewJob, skip_held: bool) -> Result<Option<i64>> {
+        let skip = if skip_held {
+            skip_held_clause()
+        } else {
+            String::new()
+        };
+        sqlx::query_scalar(&format!(
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority, unique_key) \
              VALUES (COALESCE($1, 'sleep'), $2, $3, $4, COALESCE($5, 1), COALESCE($6, now()), \
-             COALESCE($7, 'default'), COALESCE($8, 0)) RETURNING id",
-        )
+             COALESCE($7, 'default'), COALESCE($8, 0), $9){skip} RETURNING id"
+        ))
         .bind(&job.kind)
         .bind(job.object_id)
         .bind(job.sleep)
@@ -133,7 +139,8 @@ impl Backend for Postgres {
         .bind(job.run_at)
         .bind(&job.queue)
         .bind(job.priority)
-        .fetch_one(pool)
+        .bind(&job.unique_key)
+        .fetch_optional(pool)
         .await
     }
 

@@ -35,7 +35,9 @@ pub(super) trait Backend: Dialect {
     /// Applies pending migrations, taking turns with replicas starting at the same moment.
     async fn migrate(pool: &Pool<Self>) -> Result<()>;
 
-    async fn insert(pool: &Pool<Self>, job: &NewJob) -> Result<i64>;
+    /// Inserts `job` and returns its id. With `skip_held`, a live job holding its unique key
+    /// makes the INSERT skip it quietly (`None`); without, the unique violation is the error.
+    async fn insert(pool: &Pool<Self>, job: &NewJob, skip_held: bool) -> Result<Option<i64>>;
 
     async fn columns(pool: &Pool<Self>, table: &str) -> Result<Vec<String>>;
 
@@ -124,7 +126,14 @@ macro_rules! shared_duties {
         #[async_trait]
         impl Lifecycle for SqlStore<$db> {
             async fn insert(&self, job: &NewJob) -> Result<i64> {
-                <$db as Backend>::insert(&self.pool, job).await
+                // Without the skip, the INSERT returns its id or fails.
+                <$db as Backend>::insert(&self.pool, job, false)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)
+            }
+
+            async fn insert_or_skip(&self, job: &NewJob) -> Result<Option<i64>> {
+                <$db as Backend>::insert(&self.pool, job, true).await
             }
 
             async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>> {
@@ -403,6 +412,11 @@ macro_rules! shared_duties {
                     .fetch_all(&self.pool)
                     .await?;
                 status_counts(rows)
+            }
+
+            async fn live_with_key(&self, key: &str) -> Result<Option<i64>> {
+                let mut query = Sql::<$db>::live_with_key(key);
+                query.build_query_scalar().fetch_optional(&self.pool).await
             }
 
             async fn insert_many(&self, count: u32, nanos: i64, done: bool) -> Result<()> {

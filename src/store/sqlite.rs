@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use super::files::{ExportDialect, double_quoted, inserts};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
-use super::{CONNECT_TIMEOUT, ImportBatch, Result, json_ids, probe};
+use super::{CONNECT_TIMEOUT, ImportBatch, Result, json_ids, probe, skip_held_clause};
 use crate::job::NewJob;
 
 /// The most connections a SQLite store opens.
@@ -156,12 +156,17 @@ impl Backend for Sqlite {
         Ok(())
     }
 
-    async fn insert(pool: &SqlitePool, job: &NewJob) -> Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority) \
+    async fn insert(pool: &SqlitePool, job: &NewJob, skip_held: bool) -> Result<Option<i64>> {
+        let skip = if skip_held {
+            skip_held_clause()
+        } else {
+            String::new()
+        };
+        sqlx::query_scalar(&format!(
+            "INSERT INTO jobs (kind, object_id, sleep, payload, max_attempts, run_at, queue, priority, unique_key) \
              VALUES (COALESCE(?1, 'sleep'), ?2, ?3, ?4, COALESCE(?5, 1), COALESCE(?6, ?7), \
-             COALESCE(?8, 'default'), COALESCE(?9, 0)) RETURNING id",
-        )
+             COALESCE(?8, 'default'), COALESCE(?9, 0), ?10){skip} RETURNING id"
+        ))
         .bind(&job.kind)
         .bind(job.object_id)
         .bind(job.sleep)
@@ -171,7 +176,8 @@ impl Backend for Sqlite {
         .bind(now())
         .bind(&job.queue)
         .bind(job.priority)
-        .fetch_one(pool)
+        .bind(&job.unique_key)
+        .fetch_optional(pool)
         .await
     }
 

@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::claim::{GATED, PLAIN};
-use super::{ATTEMPT_BACK, Claim, DEAD, LAST_SIGN, NEXT_ATTEMPT, Scope, TERMINATED, storable};
+use super::{
+    ATTEMPT_BACK, Claim, DEAD, LAST_SIGN, LIVE, NEXT_ATTEMPT, Scope, TERMINATED, storable,
+};
 use crate::job::{
     Control, ControlAction, ControlRequest, DeadJob, JobRow, Outcome, Settlement, Status,
 };
@@ -73,6 +75,18 @@ pub(super) trait Dialect: Database {
     /// What an INSERT ends with to skip a row whose key `key` is taken, quietly.
     fn skip_duplicate(_key: &str) -> String {
         " ON CONFLICT DO NOTHING".to_owned()
+    }
+
+    /// The condition that finds the live job holding unique key `key`: the partial unique
+    /// index's own, so that the database reads that index. MySQL, which has no partial indexes,
+    /// compares its generated column instead.
+    fn push_held_key<'q>(query: &mut QueryBuilder<'q, Self>, key: &str)
+    where
+        String: Encode<'q, Self> + Type<Self>,
+    {
+        query.push("unique_key = ");
+        query.push_bind(key.to_owned());
+        query.push(format_args!(" AND status IN {LIVE}"));
     }
 }
 
@@ -377,6 +391,14 @@ where
         query.push(" AND status = 'RUNNING' AND worker = ");
         query.push_bind(worker.to_owned());
         Some(query)
+    }
+
+    /// [`Store::live_with_key`](super::Store::live_with_key): the id of the live job holding
+    /// unique key `key`, read from the index that keeps the key unique.
+    pub fn live_with_key(key: &str) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("SELECT id FROM jobs WHERE ");
+        DB::push_held_key(&mut query, key);
+        query
     }
 
     /// [`Store::rows`](super::Store::rows): the columns of [`JobRow`] for `ids`, or else for the

@@ -14,3 +14,4 @@ mod queues;
 mod reliability;
 mod state_machine;
 mod store;
+mod unique;

@@ -997,7 +997,7 @@ async fn replicas_starting_together_on_an_empty_database_all_come_up(db: TestDb)
 }
 
 /// Takes the database back to empty, as before its first migration.
-async fn empty(db: &TestDb) {
+pub(crate) async fn empty(db: &TestDb) {
     match db.backend {
         Backend::Sqlite => {
             let file = db.url.strip_prefix("sqlite://").expect("a SQLite URL");
