@@ -37,6 +37,7 @@ mod replica;
 mod row;
 pub mod store;
 pub mod table;
+pub mod watch;
 
 pub use config::Config;
 pub use context::JobContext;

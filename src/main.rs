@@ -53,6 +53,10 @@ enum Command {
         /// How many rows to print
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// A live view, refreshed every second, until Ctrl-C: jobs by queue and status, starts
+        /// per second, running jobs with their progress, recent failures
+        #[arg(long)]
+        watch: bool,
     },
     /// Insert a job and print its id (applies pending migrations first)
     Enqueue {
@@ -213,7 +217,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", table::render(&rows));
             println!("{}", table::summary(&rows));
         }
-        Command::Status { limit } => {
+        Command::Status { watch: true, .. } => {
+            let stop = CancellationToken::new();
+            until_done(&stop, jobsd::watch::run(store, stop.clone())).await?;
+        }
+        Command::Status { limit, .. } => {
             let rows = store.rows(&[], limit).await?;
             println!("{}", table::render(&rows));
             println!(

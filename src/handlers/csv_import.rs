@@ -40,10 +40,15 @@ struct Args {
     table: String,
 }
 
-/// The checkpoint: data rows of the file committed so far.
+/// The checkpoint: data rows of the file committed so far. `bytes` of the file's `size` are
+/// read by then: for people watching (`jobsd status --watch`); the run goes by `rows`.
 #[derive(Serialize, Deserialize, Default)]
 struct Imported {
     rows: u64,
+    #[serde(default)]
+    bytes: u64,
+    #[serde(default)]
+    size: u64,
 }
 
 #[async_trait]
@@ -70,7 +75,11 @@ impl Handler for CsvImport {
                 return Ok(());
             }
             imported += u64::try_from(batch.len()).unwrap_or(u64::MAX);
-            let progress = serde_json::to_string(&Imported { rows: imported })?;
+            let progress = serde_json::to_string(&Imported {
+                rows: imported,
+                bytes: source.reader.position().byte(),
+                size: source.size,
+            })?;
             let store = ctx.store();
             let ours = store
                 .import_batch(&ImportBatch {
@@ -126,6 +135,8 @@ fn too_long() -> io::Error {
 /// The file, read on a blocking thread a batch at a time.
 struct Source {
     reader: csv::Reader<Bounded<File>>,
+    /// The file's size when it was opened.
+    size: u64,
     path: CsvPath,
     record: csv::StringRecord,
 }
@@ -134,6 +145,7 @@ impl Source {
     /// Opens the file, reads its header, and skips the `done` data rows already imported.
     fn open(path: CsvPath, done: u64) -> Result<(Source, Vec<String>), Permanent> {
         let file = path.open_read()?;
+        let size = file.metadata().map_or(0, |metadata| metadata.len());
         let bounded = Bounded {
             inner: file,
             read: 0,
@@ -148,6 +160,7 @@ impl Source {
             .from_reader(bounded);
         let mut source = Source {
             reader,
+            size,
             path,
             record: csv::StringRecord::new(),
         };

@@ -220,6 +220,15 @@ pub trait Inspect: Send + Sync {
     /// How many jobs are in each status.
     async fn counts(&self) -> Result<Vec<(Status, i64)>>;
 
+    /// Up to `limit` rows in `statuses`, the latest by `latest_by` (`"id"`, `"finished_at"`)
+    /// first: the running jobs and recent failures of `jobsd status --watch`.
+    async fn rows_in(
+        &self,
+        statuses: &[Status],
+        latest_by: &'static str,
+        limit: u32,
+    ) -> Result<Vec<JobRow>>;
+
     /// The live job (NEW, QUEUED, RUNNING or PAUSED) that holds unique key `key`, if any: at
     /// most one does, by the database's unique index.
     async fn live_with_key(&self, key: &str) -> Result<Option<i64>>;

@@ -407,6 +407,16 @@ macro_rules! shared_duties {
                 Ok(each_row(&query.build().fetch_all(&self.pool).await?))
             }
 
+            async fn rows_in(
+                &self,
+                statuses: &[Status],
+                latest_by: &'static str,
+                limit: u32,
+            ) -> Result<Vec<JobRow>> {
+                let mut query = Sql::<$db>::rows_in(statuses, latest_by, limit);
+                Ok(each_row(&query.build().fetch_all(&self.pool).await?))
+            }
+
             async fn counts(&self) -> Result<Vec<(Status, i64)>> {
                 let rows = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
                     .fetch_all(&self.pool)

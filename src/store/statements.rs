@@ -401,6 +401,22 @@ where
         query
     }
 
+    /// [`Store::rows_in`](super::Store::rows_in): the columns of [`JobRow`] of up to `limit`
+    /// rows in `statuses`, the latest by `latest_by` (a column this crate names) first.
+    pub fn rows_in(statuses: &[Status], latest_by: &str, limit: u32) -> QueryBuilder<'a, DB> {
+        let list: Vec<String> = statuses
+            .iter()
+            .map(|status| format!("'{status}'"))
+            .collect();
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {} FROM jobs WHERE status IN ({}) ORDER BY {latest_by} DESC LIMIT ",
+            JobRow::COLUMNS.join(", "),
+            list.join(", ")
+        ));
+        query.push_bind(i64::from(limit));
+        query
+    }
+
     /// [`Store::rows`](super::Store::rows): the columns of [`JobRow`] for `ids`, or else for the
     /// newest `limit` rows, in id order.
     pub fn rows(ids: &[i64], limit: u32) -> QueryBuilder<'a, DB> {

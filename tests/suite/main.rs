@@ -15,3 +15,4 @@ mod reliability;
 mod state_machine;
 mod store;
 mod unique;
+mod watch;
