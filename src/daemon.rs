@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::consumer::{self, Pool};
 use crate::handlers::Handlers;
 use crate::held::{Held, Slots};
-use crate::publisher::{self, Controls, DeadJobs, NewJobs};
+use crate::publisher::{self, Controls, DeadJobs, NewJobs, Recurring};
 use crate::replica::{self, Replica};
 use crate::store::{Store, Wakes};
 
@@ -130,6 +130,13 @@ impl Daemon {
         let dead_jobs = DeadJobs::new(Arc::clone(&replica), config.dead_after, dead_tx);
         loops.spawn(publisher::drive(
             dead_jobs,
+            config.poll_interval,
+            None,
+            shutdown.clone(),
+        ));
+        let recurring = Recurring::new(Arc::clone(&self.store), config.poll_interval);
+        loops.spawn(publisher::drive(
+            recurring,
             config.poll_interval,
             None,
             shutdown.clone(),

@@ -240,6 +240,8 @@ crate::row::table_row! {
         pub worker: Option<String>,
         pub queue: String,
         pub priority: i16,
+        pub schedule: Option<String>,
+        pub scheduled_for: Option<DateTime<Utc>>,
     }
 }
 

@@ -34,6 +34,7 @@ pub mod job;
 mod publisher;
 mod replica;
 mod row;
+pub mod schedule;
 pub mod store;
 pub mod table;
 

@@ -8,6 +8,7 @@
 mod control;
 mod dead_jobs;
 mod new_jobs;
+mod schedules;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use control::Controls;
 pub(crate) use dead_jobs::DeadJobs;
 pub(crate) use new_jobs::NewJobs;
+pub(crate) use schedules::Recurring;
 
 /// The longest wait between passes while the database fails, unless the interval is longer.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
