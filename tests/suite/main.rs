@@ -10,5 +10,6 @@ mod hostile;
 mod outage;
 mod queues;
 mod reliability;
+mod schedules;
 mod state_machine;
 mod store;
