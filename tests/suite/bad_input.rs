@@ -520,8 +520,8 @@ impl DbUser {
                     "CREATE ROLE {} LOGIN PASSWORD '{}'",
                     user.name, user.password
                 ),
-                format!("GRANT SELECT, UPDATE ON jobs TO {}", user.name),
-                format!("GRANT SELECT, UPDATE ON queues TO {}", user.name),
+                format!("GRANT SELECT, INSERT, UPDATE ON jobs TO {}", user.name),
+                format!("GRANT SELECT, UPDATE ON queues, schedules TO {}", user.name),
             ],
             _ => {
                 let database = url::Url::parse(&db.url).expect("URL").path()[1..].to_owned();
@@ -531,11 +531,15 @@ impl DbUser {
                         user.name, user.password
                     ),
                     format!(
-                        "GRANT SELECT, UPDATE ON {database}.jobs TO '{}'@'%'",
+                        "GRANT SELECT, INSERT, UPDATE ON {database}.jobs TO '{}'@'%'",
                         user.name
                     ),
                     format!(
                         "GRANT SELECT, UPDATE ON {database}.queues TO '{}'@'%'",
+                        user.name
+                    ),
+                    format!(
+                        "GRANT SELECT, UPDATE ON {database}.schedules TO '{}'@'%'",
                         user.name
                     ),
                 ]
