@@ -26,7 +26,7 @@ use crate::consumer::{self, Pool};
 use crate::handlers::Handlers;
 use crate::held::{Held, Slots};
 use crate::metrics::{self, Metrics};
-use crate::publisher::{self, Controls, DeadJobs, NewJobs, Pruner};
+use crate::publisher::{self, Controls, DeadJobs, NewJobs, Pruner, Recurring};
 use crate::replica::{self, Replica};
 use crate::store::{Store, Wakes};
 
@@ -148,6 +148,13 @@ impl Daemon {
         let dead_jobs = DeadJobs::new(Arc::clone(&replica), config.dead_after, dead_tx);
         loops.spawn(publisher::drive(
             dead_jobs,
+            config.poll_interval,
+            None,
+            shutdown.clone(),
+        ));
+        let recurring = Recurring::new(Arc::clone(&self.store), config.poll_interval);
+        loops.spawn(publisher::drive(
+            recurring,
             config.poll_interval,
             None,
             shutdown.clone(),

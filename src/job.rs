@@ -244,6 +244,8 @@ crate::row::table_row! {
         pub queue: String,
         pub priority: i16,
         pub unique_key: Option<String>,
+        pub schedule: Option<String>,
+        pub scheduled_for: Option<DateTime<Utc>>,
     }
 }
 

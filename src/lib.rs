@@ -14,6 +14,7 @@
 //! - `completer`: writes those outcomes in batches.
 //! - `canceller`: settles dead jobs: requeue, retry or cancel.
 //! - `publisher::control`: carries out pause, resume and terminate requests.
+//! - [`schedule`] and `publisher::schedules`: recurring jobs, one per slot across replicas.
 //! - [`handlers`]: job kinds by name, and the [`Handler`] trait to add your own.
 //! - [`context`]: what a running handler sees ([`JobContext`]).
 //! - [`daemon`]: wires the loops together and drains them on shutdown.
@@ -35,6 +36,7 @@ pub mod metrics;
 mod publisher;
 mod replica;
 mod row;
+pub mod schedule;
 pub mod store;
 pub mod table;
 pub mod watch;

@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use jobsd::config::LogFormat;
 use jobsd::job::Control;
-use jobsd::store::{self, ConnectError, Store};
+use jobsd::schedule::{CatchUp, Slots};
+use jobsd::store::{self, ConnectError, NewSchedule, Store};
 use jobsd::{Config, Daemon, Handlers, NewJob, table};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::{LevelFilter, Targets};
@@ -94,6 +95,12 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Recurring jobs: add, list, pause, resume or remove a row of the schedules table
+    /// (applies pending migrations first)
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// Exit 0 if a `jobsd run` on this machine is alive (liveness probe), or with --ready if it
     /// reached the database within MAX_AGE (readiness probe)
     Health {
@@ -135,6 +142,56 @@ enum QueueAction {
     Resume { name: String },
 }
 
+#[derive(Subcommand)]
+enum ScheduleAction {
+    /// Add a schedule; its first slot is the first one after now
+    Add {
+        /// The schedule's name (unique)
+        name: String,
+        /// 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first
+        cron: String,
+        /// The kind of the jobs it inserts, e.g. sleep
+        kind: String,
+        /// JSON arguments for the kind
+        #[arg(long)]
+        payload: Option<String>,
+        /// Nanoseconds, for kind sleep
+        #[arg(long)]
+        sleep: Option<i64>,
+        /// Your own reference
+        #[arg(long)]
+        object_id: Option<i64>,
+        /// The jobs' queue
+        #[arg(long, default_value = "default")]
+        queue: String,
+        /// Lower starts first
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        priority: i16,
+        /// Runs allowed before a job fails for good
+        #[arg(long, default_value_t = 1)]
+        max_attempts: i32,
+        /// The IANA time zone the cron is read in
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// After a time when no replica ran: latest, none or all
+        #[arg(long, default_value = "latest")]
+        catch_up: CatchUp,
+    },
+    /// Print the schedules with their next slot
+    List,
+    /// No slots are inserted until it is resumed
+    Pause { name: String },
+    /// Slots are inserted again, from the next one on
+    Resume { name: String },
+    /// Remove a schedule; the jobs it inserted stay
+    Remove { name: String },
+}
+
+/// Input that cannot be used as given: one line, and exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
 fn parse_run_at(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
@@ -167,7 +224,7 @@ async fn main() -> ExitCode {
     init_logging(config.log_format, Arc::clone(&secrets));
     match run(cli.command, config).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) if error.is::<ConnectError>() => {
+        Err(error) if error.is::<ConnectError>() || error.is::<Usage>() => {
             eprintln!("jobsd: {}", store::scrub_all(&error.to_string(), &secrets));
             ExitCode::from(EXIT_USAGE)
         }
@@ -187,6 +244,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             config.liveness_file()
         };
         return probe(&file, max_age, ready);
+    }
+    if let Command::Schedule {
+        action: ScheduleAction::Add { cron, timezone, .. },
+    } = &command
+    {
+        Slots::parse(cron, timezone).map_err(Usage)?;
     }
     let store = store::connect(&config.database_url, config.pool_size()).await?;
     let database = store::redact(&config.database_url);
@@ -290,6 +353,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let state = if paused { "paused" } else { "running" };
             println!("queue {name:?} {state}");
         }
+        Command::Schedule { action } => {
+            store::migrate(store.as_ref(), &config.database_url).await?;
+            schedule(&*store, action).await?;
+        }
     }
     Ok(())
 }
@@ -362,6 +429,64 @@ async fn insert_unique(store: &dyn Store, job: &NewJob, key: &str) -> anyhow::Re
     anyhow::bail!(
         "unique key {key:?} was taken and freed again {UNIQUE_TRIES} times while enqueueing; try again"
     )
+}
+
+/// Carries out a `jobsd schedule` command.
+async fn schedule(store: &dyn Store, action: ScheduleAction) -> anyhow::Result<()> {
+    let (name, done, what) = match action {
+        ScheduleAction::Add {
+            name,
+            cron,
+            kind,
+            payload,
+            sleep,
+            object_id,
+            queue,
+            priority,
+            max_attempts,
+            timezone,
+            catch_up,
+        } => {
+            let schedule = NewSchedule {
+                name: name.clone(),
+                cron,
+                timezone,
+                kind,
+                object_id,
+                sleep,
+                payload,
+                queue,
+                priority,
+                max_attempts,
+                catch_up,
+            };
+            store.add_schedule(&schedule).await.map_err(|error| {
+                anyhow::Error::new(error).context(format!("cannot add schedule {name:?}"))
+            })?;
+            (name, true, "added")
+        }
+        ScheduleAction::List => {
+            println!("{}", table::schedules(&store.schedules().await?));
+            return Ok(());
+        }
+        ScheduleAction::Pause { name } => {
+            let done = store.pause_schedule(&name, true).await?;
+            (name, done, "paused")
+        }
+        ScheduleAction::Resume { name } => {
+            let done = store.pause_schedule(&name, false).await?;
+            (name, done, "resumed")
+        }
+        ScheduleAction::Remove { name } => {
+            let done = store.remove_schedule(&name).await?;
+            (name, done, "removed")
+        }
+    };
+    if !done {
+        anyhow::bail!("there is no schedule {name:?}");
+    }
+    println!("schedule {name:?} {what}");
+    Ok(())
 }
 
 /// Writes a control request; the daemon carries it out within `control_interval`.

@@ -97,3 +97,40 @@ fn time(at: Option<DateTime<Utc>>) -> String {
     at.map(|at| at.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
         .unwrap_or_default()
 }
+
+/// The schedules as `jobsd schedule list` prints them. A schedule no replica has seen yet shows
+/// the slot it will start with: the first after it was added.
+pub fn schedules(rows: &[crate::store::ScheduleRow]) -> String {
+    let mut table = Table::new();
+    table.load_preset(presets::ASCII_MARKDOWN).set_header([
+        "name",
+        "cron",
+        "timezone",
+        "next slot",
+        "last slot",
+        "paused",
+        "error",
+    ]);
+    for row in rows {
+        let next = row.next_run_at.or_else(|| {
+            crate::schedule::Slots::parse(&row.cron, &row.timezone)
+                .and_then(|slots| slots.after(row.created_at))
+                .ok()
+        });
+        table.add_row([
+            row.name.clone(),
+            row.cron.clone(),
+            row.timezone.clone(),
+            slot(next),
+            slot(row.last_run_at),
+            if row.paused != 0 { "yes" } else { "no" }.to_owned(),
+            row.error.clone().unwrap_or_default(),
+        ]);
+    }
+    table.to_string()
+}
+
+fn slot(at: Option<DateTime<Utc>>) -> String {
+    at.map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}

@@ -9,6 +9,7 @@ mod control;
 mod dead_jobs;
 mod new_jobs;
 mod pruner;
+mod schedules;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub(crate) use control::Controls;
 pub(crate) use dead_jobs::DeadJobs;
 pub(crate) use new_jobs::NewJobs;
 pub(crate) use pruner::Pruner;
+pub(crate) use schedules::Recurring;
 
 /// The longest wait between passes while the database fails, unless the interval is longer.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -12,6 +12,7 @@ mod mysql;
 mod postgres;
 mod pruning;
 mod queues;
+mod schedules;
 mod secrets;
 mod sql;
 mod sqlite;
@@ -36,6 +37,7 @@ pub use claim::{Claim, Scope};
 pub use files::{ImportBatch, is_identifier};
 use queues::QueueLimits;
 pub use queues::{QueueRow, Resume, Resumed};
+pub use schedules::{Advance, NewSchedule, ScheduleRow};
 pub use secrets::{redact, scrub, scrub_all, secrets};
 pub use sql::SqlStore;
 
@@ -48,12 +50,12 @@ pub type TextRow = Vec<Option<String>>;
 /// won: `false` means the row was not in the expected state (another replica or the canceller
 /// got there first), which callers treat as a normal outcome, not an error.
 pub trait Store:
-    Lifecycle + Controls + Queues + Pruning + Files + Inspect + Schema + 'static
+    Lifecycle + Controls + Queues + Schedules + Pruning + Files + Inspect + Schema + 'static
 {
 }
 
 impl<T> Store for T where
-    T: Lifecycle + Controls + Queues + Pruning + Files + Inspect + Schema + 'static
+    T: Lifecycle + Controls + Queues + Schedules + Pruning + Files + Inspect + Schema + 'static
 {
 }
 
@@ -185,6 +187,33 @@ pub trait Pruning: Send + Sync {
     /// Deletes up to `limit` rows in `statuses` (finished ones only) that finished more than
     /// `older_than` ago, oldest first; how many it deleted.
     async fn prune(&self, statuses: &[Status], older_than: Duration, limit: u32) -> Result<u64>;
+}
+
+/// The `schedules` table: recurring jobs, exactly one per slot across replicas.
+#[async_trait]
+pub trait Schedules: Send + Sync {
+    /// Every row of `schedules`, by name, each with the database's time. A row that cannot be
+    /// read is left out with a warning.
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>>;
+
+    /// In one transaction: moves the schedule's cursor as the step says, if the row still holds
+    /// the cursor the step starts from, and if so inserts the job of the step's slot (quietly
+    /// nothing, should the slot have one already). `false`: another replica moved it first.
+    async fn advance_schedule(&self, advance: &Advance<'_>) -> Result<bool>;
+
+    /// Records why a schedule inserts nothing (`None` clears it), unless its cron or timezone
+    /// changed since it was read; whether the row changed.
+    async fn mark_schedule(&self, schedule: &ScheduleRow, error: Option<&str>) -> Result<bool>;
+
+    /// Adds a schedule; an error if one has the name already.
+    async fn add_schedule(&self, schedule: &NewSchedule) -> Result<()>;
+
+    /// Pauses schedule `name` (`paused`) or lets it run, as `UPDATE schedules SET paused_at =
+    /// …` does; `false` if there is no such schedule.
+    async fn pause_schedule(&self, name: &str, paused: bool) -> Result<bool>;
+
+    /// Removes schedule `name` (its jobs stay); `false` if there is no such schedule.
+    async fn remove_schedule(&self, name: &str) -> Result<bool>;
 }
 
 /// What the file kinds read and write: users' own tables.

@@ -355,6 +355,64 @@ macro_rules! shared_duties {
         }
 
         #[async_trait]
+        impl Schedules for SqlStore<$db> {
+            async fn schedules(&self) -> Result<Vec<ScheduleRow>> {
+                let mut query = Sql::<$db>::schedules();
+                let rows = query.build().fetch_all(&self.pool).await?;
+                Ok(rows
+                    .iter()
+                    .filter_map(|row| match ScheduleRow::from_row(row) {
+                        Ok(schedule) => Some(schedule),
+                        Err(error) => {
+                            let name: Option<String> = row.try_get("name").ok();
+                            tracing::warn!(schedule = ?name, %error, "a schedule cannot be read; left out");
+                            None
+                        }
+                    })
+                    .collect())
+            }
+
+            async fn advance_schedule(&self, advance: &Advance<'_>) -> Result<bool> {
+                retry_deadlocks(|| async {
+                    let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                    let mut moved = Sql::<$db>::advance_schedule(advance);
+                    if moved.build().execute(&mut *tx).await?.rows_affected() != 1 {
+                        tx.rollback().await?;
+                        return Ok(false);
+                    }
+                    if let Some(slot) = advance.step.slot {
+                        let mut insert = Sql::<$db>::insert_scheduled(advance.schedule, slot);
+                        insert.build().execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(true)
+                })
+                .await
+            }
+
+            async fn mark_schedule(
+                &self,
+                schedule: &ScheduleRow,
+                error: Option<&str>,
+            ) -> Result<bool> {
+                self.won(|| Sql::<$db>::mark_schedule(schedule, error)).await
+            }
+
+            async fn add_schedule(&self, schedule: &NewSchedule) -> Result<()> {
+                self.change(|| Sql::<$db>::add_schedule(schedule)).await?;
+                Ok(())
+            }
+
+            async fn pause_schedule(&self, name: &str, paused: bool) -> Result<bool> {
+                self.won(|| Sql::<$db>::pause_schedule(name, paused)).await
+            }
+
+            async fn remove_schedule(&self, name: &str) -> Result<bool> {
+                self.won(|| Sql::<$db>::remove_schedule(name)).await
+            }
+        }
+
+        #[async_trait]
         impl Files for SqlStore<$db> {
             async fn columns(&self, table: &str) -> Result<Vec<String>> {
                 <$db as Backend>::columns(&self.pool, table).await
@@ -485,11 +543,13 @@ mod duties {
     use crate::store::files::{export_sql, text_row};
     use crate::store::statements::Dialect;
     use crate::store::statements::Sql;
+    use crate::store::{Advance, NewSchedule, ScheduleRow, Schedules};
     use crate::store::{
         Claim, Controls, Files, ImportBatch, Inspect, Lifecycle, Result, Schema, TextRow, Wakes,
         done_ids, each_row, status_counts,
     };
     use crate::store::{Pruning, QueueLimits, QueueRow, Queues, Resume, Resumed, Scope};
+    use sqlx::{FromRow, Row};
 
     shared_duties!(Postgres);
     shared_duties!(MySql);

@@ -324,18 +324,20 @@ mod least_privilege {
 }
 
 /// Production runs `jobsd migrate` once as a privileged user, and the replicas with
-/// `--no-migrate` as a user that may only read and update the `jobs` table: no INSERT, no
-/// DELETE, nothing on `_sqlx_migrations`, nothing on the schema. Every write the daemon makes
-/// (claim, start, heartbeat, finish, cancel as dead, terminate, release on shutdown) works with
-/// that. Without `--no-migrate` that user cannot migrate, and the daemon says so in one line,
+/// `--no-migrate` as a user that may only read and update the `jobs`, `queues` and `schedules`
+/// tables, and insert into `jobs` (the jobs of schedules): no DELETE, nothing on
+/// `_sqlx_migrations`, nothing on the schema. Every write the daemon makes (claim, start,
+/// heartbeat, finish, cancel as dead, terminate, release on shutdown, a schedule's slot) works
+/// with that. Without `--no-migrate` that user cannot migrate, and the daemon says so in one line,
 /// with what to do instead, and exits with code 2. No log line shows the password.
 async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrate(db: TestDb) {
     let mut user = DbUser::create(&db).await;
     let user_url = user.url(&db.url);
     let as_user = crate::common::sql_at(&user_url).await;
     for statement in [
-        "INSERT INTO jobs (sleep) VALUES (1)",
+        "INSERT INTO queues (name) VALUES ('q')",
         "DELETE FROM jobs",
+        "DELETE FROM schedules",
         "SELECT COUNT(*) FROM _sqlx_migrations",
         "CREATE TABLE scratch (id INTEGER)",
     ] {
@@ -344,7 +346,7 @@ async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrat
             refused
                 .as_ref()
                 .is_err_and(|e| e.to_string().contains("denied")),
-            "the user's privileges are only SELECT and UPDATE on jobs: {statement}: {refused:?}"
+            "the user's privileges are only SELECT and UPDATE (and INSERT on jobs): {statement}: {refused:?}"
         );
     }
     as_user.close().await;
@@ -363,6 +365,29 @@ async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrat
     .with_args(&["--no-migrate"]);
     let mut daemon = launcher.start("least");
     daemon.ready(STARTUP).await;
+    // A schedule's slot: the daemon inserts its job, then the schedule is paused.
+    db.exec("INSERT INTO schedules (name, cron, sleep) VALUES ('least', '* * * * * *', 1000)")
+        .await
+        .expect("a schedule added");
+    let store = db.store().await;
+    until(Duration::from_secs(30), async || {
+        let rows = store.rows(&[], 100).await.map_err(|e| e.to_string())?;
+        rows.iter()
+            .any(|row| row.schedule.as_deref() == Some("least"))
+            .then_some(())
+            .ok_or_else(|| "no scheduled job yet".to_owned())
+    })
+    .await;
+    let now = if db.backend == Backend::Postgres {
+        "now()"
+    } else {
+        "NOW(6)"
+    };
+    db.exec(&format!(
+        "UPDATE schedules SET paused_at = {now} WHERE name = 'least'"
+    ))
+    .await
+    .expect("the schedule paused");
     // 1–8 run, 9 hangs (cancelled as dead), 10 is terminated, 11 is handed back by the shutdown.
     db.exec(
         "INSERT INTO jobs (object_id, sleep) VALUES (1, 50000000), (2, 50000000), \
@@ -371,7 +396,6 @@ async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrat
     )
     .await
     .expect("jobs inserted by the application's user");
-    let store = db.store().await;
     let running = |object_id: i64| {
         let store = &store;
         async move || {
@@ -403,6 +427,7 @@ async fn a_user_with_select_and_update_on_jobs_runs_the_daemon_but_cannot_migrat
         .all_rows()
         .await
         .into_iter()
+        .filter(|row| row.schedule.is_none())
         .map(|row| (row.object_id.expect("object_id"), row))
         .collect();
     for n in 1..=8 {
@@ -520,8 +545,8 @@ impl DbUser {
                     "CREATE ROLE {} LOGIN PASSWORD '{}'",
                     user.name, user.password
                 ),
-                format!("GRANT SELECT, UPDATE ON jobs TO {}", user.name),
-                format!("GRANT SELECT, UPDATE ON queues TO {}", user.name),
+                format!("GRANT SELECT, INSERT, UPDATE ON jobs TO {}", user.name),
+                format!("GRANT SELECT, UPDATE ON queues, schedules TO {}", user.name),
             ],
             _ => {
                 let database = url::Url::parse(&db.url).expect("URL").path()[1..].to_owned();
@@ -531,11 +556,15 @@ impl DbUser {
                         user.name, user.password
                     ),
                     format!(
-                        "GRANT SELECT, UPDATE ON {database}.jobs TO '{}'@'%'",
+                        "GRANT SELECT, INSERT, UPDATE ON {database}.jobs TO '{}'@'%'",
                         user.name
                     ),
                     format!(
                         "GRANT SELECT, UPDATE ON {database}.queues TO '{}'@'%'",
+                        user.name
+                    ),
+                    format!(
+                        "GRANT SELECT, UPDATE ON {database}.schedules TO '{}'@'%'",
                         user.name
                     ),
                 ]
@@ -560,7 +589,7 @@ impl DbUser {
     fn drop_statements(&self) -> Vec<String> {
         match self.backend {
             Backend::Postgres => vec![
-                format!("REVOKE ALL ON jobs, queues FROM {}", self.name),
+                format!("REVOKE ALL ON jobs, queues, schedules FROM {}", self.name),
                 format!("DROP ROLE {}", self.name),
             ],
             _ => vec![format!("DROP USER '{}'@'%'", self.name)],

@@ -12,6 +12,7 @@ mod outage;
 mod pruning;
 mod queues;
 mod reliability;
+mod schedules;
 mod state_machine;
 mod store;
 mod unique;
