@@ -1,26 +1,23 @@
--- Unique jobs (DESIGN §2): while a job with a unique_key is NEW, QUEUED, RUNNING or PAUSED, the
--- database refuses another INSERT with the same key.
+-- Unique jobs. MySQL has no partial indexes, so a second column holds the key only while the
+-- job is unfinished (NEW, QUEUED, RUNNING, PAUSED) and NULL otherwise, and a unique index on it
+-- refuses a second live job with the same key; NULLs never collide. Triggers keep it so on every
+-- INSERT and UPDATE, whoever writes the row.
 --
--- MySQL has no partial indexes, so a generated column holds the key only while its job is live
--- and is NULL otherwise (a unique index takes any number of NULLs): a finished job frees its key;
--- retries, pauses, releases and requeues keep it, so a job never conflicts with itself. Users
--- skip a duplicate quietly with INSERT IGNORE (or ON DUPLICATE KEY UPDATE id = id). The
--- generated column holds the key's bytes, so keys compare exactly, as on PostgreSQL and SQLite:
--- the table's collation would take 'Key', 'key' and 'key ' for one key. 255 characters of
--- utf8mb4 are at most 1020 bytes, inside InnoDB's 3072-byte key.
---
--- Each step in place, whatever the table holds. A nullable column at the end and a VIRTUAL
--- column are both instant (ALGORITHM=INSTANT, MySQL 8.0.12+ and MariaDB 10.3+; MariaDB takes an
--- added virtual column only in a statement of its own): no row is rewritten. The statements fail
--- rather than copy the table if the server cannot.
-ALTER TABLE jobs ADD COLUMN unique_key VARCHAR(255) NULL, ALGORITHM = INSTANT;
-
+-- A plain column kept by triggers rather than a generated column: MariaDB adds no column
+-- instantly to a table with an indexed virtual column, and every later migration would have to
+-- copy the table. Both columns are nullable at the end: added in place, instantly.
+-- `unique_live` holds the key's bytes: the table's collation would take 'K', 'k' and 'k ' for
+-- one key, where PostgreSQL and SQLite compare exactly.
 ALTER TABLE jobs
-    ADD COLUMN unique_live VARBINARY(1020)
-        AS (CASE WHEN status IN ('NEW', 'QUEUED', 'RUNNING', 'PAUSED') THEN CAST(unique_key AS BINARY) END) VIRTUAL,
+    ADD COLUMN unique_key  VARCHAR(255)    NULL,
+    ADD COLUMN unique_live VARBINARY(1020) NULL,
     ALGORITHM = INSTANT;
 
--- The index reads every row once (computing the virtual column), online: writes go on meanwhile
--- (about 3 s for two million rows on MariaDB 10.11). Unlike a partial index it holds an entry
--- for every row, NULL or not: some 16 bytes a row.
+-- Built online: writes go on meanwhile. Every existing row has no key, so every entry is NULL.
 ALTER TABLE jobs ADD UNIQUE INDEX jobs_unique_live_idx (unique_live), ALGORITHM = INPLACE, LOCK = NONE;
+
+CREATE TRIGGER jobs_unique_live_insert BEFORE INSERT ON jobs FOR EACH ROW
+    SET NEW.unique_live = CASE WHEN NEW.status IN ('NEW', 'QUEUED', 'RUNNING', 'PAUSED') THEN CAST(NEW.unique_key AS BINARY) END;
+
+CREATE TRIGGER jobs_unique_live_update BEFORE UPDATE ON jobs FOR EACH ROW
+    SET NEW.unique_live = CASE WHEN NEW.status IN ('NEW', 'QUEUED', 'RUNNING', 'PAUSED') THEN CAST(NEW.unique_key AS BINARY) END;

@@ -68,7 +68,7 @@ impl Dialect for MySql {
         format!(" ON DUPLICATE KEY UPDATE {key} = {key}")
     }
 
-    /// The generated column that holds a live job's key as bytes (the unique-jobs migration),
+    /// The column (kept by triggers) that holds a live job's key as bytes (the unique-jobs migration),
     /// read by its unique index; `unique_key` itself has no index, and compares by the table's
     /// collation, for which 'Key' and 'key ' are 'key'.
     fn push_held_key<'q>(query: &mut QueryBuilder<'q, Self>, key: &str)

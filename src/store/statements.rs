@@ -79,7 +79,7 @@ pub(super) trait Dialect: Database {
 
     /// The condition that finds the live job holding unique key `key`: the partial unique
     /// index's own, so that the database reads that index. MySQL, which has no partial indexes,
-    /// compares its generated column instead.
+    /// compares the column its triggers keep instead.
     fn push_held_key<'q>(query: &mut QueryBuilder<'q, Self>, key: &str)
     where
         String: Encode<'q, Self> + Type<Self>,

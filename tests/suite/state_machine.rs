@@ -832,12 +832,12 @@ impl Table {
                     "a NEW row is not due, though every backoff is zero".into()
                 })?;
                 waiting.sort_by_key(|row| (row.run_at, row.id));
-                let mut expected: Vec<i64> = waiting
+                // In the claim's order, which is also the order they start in.
+                let expected: Vec<i64> = waiting
                     .iter()
                     .take(*limit as usize)
                     .map(|row| row.id)
                     .collect();
-                expected.sort_unstable();
                 let got: Vec<i64> = claimed.iter().map(|job| job.id).collect();
                 self.ensure(got == expected, || {
                     format!("claimed {got:?}, expected the oldest NEW rows {expected:?}")
