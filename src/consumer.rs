@@ -155,8 +155,8 @@ impl Pool {
         let metrics = &replica.metrics;
         let (queue, kind) = (job.queue.clone(), job.kind.clone());
         let waited = job
-            .run_at
-            .and_then(|due| (chrono::Utc::now() - due).to_std().ok())
+            .waited
+            .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
             .unwrap_or_default();
         metrics.started(&queue, &kind, waited);
         let began = std::time::Instant::now();

@@ -181,9 +181,9 @@ pub struct ClaimedJob {
     pub queue: String,
     /// Lower first.
     pub priority: i16,
-    /// Not before this time; how long it waited after it is what `jobsd_job_wait_seconds`
-    /// shows.
-    pub run_at: Option<DateTime<Utc>>,
+    /// Seconds from its `run_at` to the claim: what `jobsd_job_wait_seconds` shows, and the
+    /// start order after priority.
+    pub waited: Option<f64>,
     pub object_id: Option<i64>,
     /// Nanoseconds, for kind `sleep`.
     pub sleep: Option<i64>,

@@ -61,9 +61,36 @@ fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 4.0, 12))
 }
 
+/// How many different queue or kind names get series of their own; the rest count as "other".
+/// Anyone may write any name into a row, and every name would be a series kept for good.
+const NAMES: usize = 64;
+
+/// The label values seen so far, up to [`NAMES`].
+#[derive(Default)]
+struct Names(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Names {
+    fn label(&self, name: &str) -> String {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.contains(name) {
+            return name.to_owned();
+        }
+        if seen.len() < NAMES {
+            seen.insert(name.to_owned());
+            return name.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
 /// The replica's metrics.
 pub struct Metrics {
     registry: Registry,
+    queues: Names,
+    kinds: Names,
     started: Family<Job, Counter>,
     finished: Family<Finished, Counter>,
     duration: Family<Job, Histogram, fn() -> Histogram>,
@@ -98,6 +125,8 @@ impl Default for Metrics {
         registry.register("jobs", "Rows in the jobs table", rows.clone());
         Metrics {
             registry,
+            queues: Names::default(),
+            kinds: Names::default(),
             started,
             finished,
             duration,
@@ -110,10 +139,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A job started, `waited` after it was due.
     pub fn started(&self, queue: &str, kind: &str, waited: Duration) {
-        let job = Job {
-            queue: queue.to_owned(),
-            kind: kind.to_owned(),
-        };
+        let job = self.job(queue, kind);
         self.started.get_or_create(&job).inc();
         self.wait
             .get_or_create(&Queue { queue: job.queue })
@@ -122,10 +148,7 @@ impl Metrics {
 
     /// A job's run ended after `took`, whatever its outcome.
     pub fn ran(&self, queue: &str, kind: &str, took: Duration) {
-        let job = Job {
-            queue: queue.to_owned(),
-            kind: kind.to_owned(),
-        };
+        let job = self.job(queue, kind);
         self.duration
             .get_or_create(&job)
             .observe(took.as_secs_f64());
@@ -147,9 +170,10 @@ impl Metrics {
     }
 
     fn count_finished(&self, labels: &Labels, outcome: &'static str) {
+        let job = self.job(&labels.queue, &labels.kind);
         let finished = Finished {
-            queue: labels.queue.clone(),
-            kind: labels.kind.clone(),
+            queue: job.queue,
+            kind: job.kind,
             outcome,
         };
         self.finished.get_or_create(&finished).inc();
@@ -160,10 +184,17 @@ impl Metrics {
         self.rows.clear();
         for (queue, status, count) in counts {
             let rows = Rows {
-                queue: queue.clone(),
+                queue: self.queues.label(queue),
                 status: status.as_str(),
             };
-            self.rows.get_or_create(&rows).set(*count);
+            self.rows.get_or_create(&rows).inc_by(*count);
+        }
+    }
+
+    fn job(&self, queue: &str, kind: &str) -> Job {
+        Job {
+            queue: self.queues.label(queue),
+            kind: self.kinds.label(kind),
         }
     }
 

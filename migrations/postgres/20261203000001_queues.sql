@@ -17,7 +17,9 @@ CREATE TABLE queues (
     rate_per_second DOUBLE PRECISION
                     CONSTRAINT queues_rate_check CHECK (rate_per_second > 0 AND rate_per_second <= 1000000),
     -- Kept by jobsd: the next start the rate allows (the replicas reserve starts from it in turn).
+    -- A time the replicas can hold: not 'infinity', nor a year past 9999.
     next_start_at   TIMESTAMPTZ
+                    CONSTRAINT queues_next_start_check CHECK (next_start_at BETWEEN '1970-01-01' AND '9999-12-31')
 );
 
 -- A change of a queue makes the new-jobs publishers read the table again at once.

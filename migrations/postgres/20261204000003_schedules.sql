@@ -31,5 +31,11 @@ CREATE TABLE schedules (
     -- A new schedule's first slot is the first one after this.
     created_at    TIMESTAMPTZ  NOT NULL DEFAULT now(),
     -- Kept by jobsd: why the schedule inserts nothing (a bad cron or timezone), in words.
-    error         TEXT
+    error         TEXT,
+    -- The times the replicas read must be times they can hold: PostgreSQL also takes
+    -- 'infinity' and years up to 294276, which no replica's clock type reaches.
+    CONSTRAINT schedules_times_check CHECK (
+        created_at BETWEEN '1970-01-01' AND '9999-12-31'
+        AND (next_run_at IS NULL OR next_run_at BETWEEN '1970-01-01' AND '9999-12-31')
+        AND (last_run_at IS NULL OR last_run_at BETWEEN '1970-01-01' AND '9999-12-31'))
 );

@@ -73,8 +73,7 @@ pub(super) const ATTEMPT_BACK: &str = "CASE WHEN attempts > 0 THEN attempts - 1 
 pub(super) const GATED: [&str; 3] = ["kind", "payload", "progress"];
 
 /// The other columns a claim returns.
-pub(super) const PLAIN: &str =
-    "id, queue, priority, run_at, object_id, sleep, attempts, max_attempts";
+pub(super) const PLAIN: &str = "id, queue, priority, object_id, sleep, attempts, max_attempts";
 
 /// Decodes one claimed row, each on its own. A value that does not decode, or a text over
 /// `max_bytes`, makes the job unfit to run rather than failing the claim: the other rows of the
@@ -86,7 +85,7 @@ where
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i16: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> chrono::DateTime<chrono::Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     // The id always decodes (an integer key); without it the row could not even be failed.
@@ -126,7 +125,8 @@ where
         .flatten()
         .unwrap_or_else(|| "default".to_owned());
     let priority: i16 = row.try_get("priority").unwrap_or_default();
-    let run_at: Option<chrono::DateTime<chrono::Utc>> = row.try_get("run_at").ok();
+    // Seconds since `run_at`, reckoned by the database (see `Dialect::seconds_since`).
+    let waited: Option<f64> = row.try_get("waited").ok();
     let payload = get("payload", "payload_bytes");
     let progress = get("progress", "progress_bytes");
     let number = |column: &str, unfit: &mut Vec<String>| -> Option<i64> {
@@ -156,7 +156,7 @@ where
         kind,
         queue,
         priority,
-        run_at,
+        waited,
         object_id,
         sleep,
         payload,
@@ -196,7 +196,7 @@ where
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i16: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> chrono::DateTime<chrono::Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let jobs = rows
@@ -210,7 +210,12 @@ where
 /// oldest first; a job whose attempts were used up before it ran is unfit to run.
 pub(super) fn before_run(mut jobs: Vec<ClaimedJob>, started: bool) -> Vec<ClaimedJob> {
     // RETURNING keeps no order; start them in the claim's.
-    jobs.sort_by_key(|job| (job.priority, job.run_at, job.id));
+    // The longest waiting first: the earliest run_at.
+    jobs.sort_by(|a, b| {
+        (a.priority, b.waited.unwrap_or(0.0), a.id)
+            .partial_cmp(&(b.priority, a.waited.unwrap_or(0.0), b.id))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     for job in &mut jobs {
         // A count the claim found at its maximum stayed there (`NEXT_ATTEMPT`): it was used up.
         if started && job.attempts < i32::MAX {

@@ -54,6 +54,10 @@ impl Dialect for MySql {
     const RETURNING: bool = false;
     const SELF_SUBQUERY: bool = false;
 
+    fn seconds_since(column: &str) -> String {
+        format!("TIMESTAMPDIFF(MICROSECOND, {column}, NOW(6)) / 1e6")
+    }
+
     /// LENGTH counts bytes, from the row's header for an off-page value.
     fn byte_length(column: &str) -> String {
         format!("CAST(LENGTH({column}) AS SIGNED)")

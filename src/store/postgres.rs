@@ -53,6 +53,13 @@ impl Dialect for Postgres {
     const SAME: &'static str = "IS NOT DISTINCT FROM";
     const INTEGER: &'static str = "BIGINT";
 
+    fn seconds_since(column: &str) -> String {
+        // Each side on its own: a difference with an infinite time is out of range, an epoch is not.
+        format!(
+            "CAST(EXTRACT(EPOCH FROM now()) - EXTRACT(EPOCH FROM {column}) AS DOUBLE PRECISION)"
+        )
+    }
+
     /// The size of a TOASTed value is read without the value.
     fn byte_length(column: &str) -> String {
         format!("CAST(octet_length({column}) AS BIGINT)")

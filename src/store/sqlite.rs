@@ -106,6 +106,10 @@ impl Dialect for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     const LOCKED: &'static str = "";
 
+    fn seconds_since(column: &str) -> String {
+        format!("(julianday('now') - julianday({column})) * 86400.0")
+    }
+
     /// octet_length reads a value's size from the record header, not the value itself.
     fn byte_length(column: &str) -> String {
         format!("octet_length({column})")

@@ -66,6 +66,10 @@ pub(super) trait Dialect: Database {
     /// SQLite, whose write transactions already exclude each other.
     const LOCKED: &'static str = " FOR UPDATE";
 
+    /// Seconds from `column`'s time to the statement's, as a double, reckoned by the database:
+    /// a time a user wrote may lie beyond what a replica's clock type holds.
+    fn seconds_since(column: &str) -> String;
+
     /// The size of `column`'s value in bytes, as a 64-bit integer, read without the value.
     fn byte_length(column: &str) -> String;
 
@@ -525,6 +529,7 @@ where
     /// text comes only when it fits `max_bytes`, with its size beside it.
     fn push_claimed_columns(query: &mut QueryBuilder<'a, DB>, max_bytes: u64) {
         query.push(PLAIN);
+        query.push(format_args!(", {} AS waited", DB::seconds_since("run_at")));
         for column in GATED {
             let bytes = DB::byte_length(column);
             query.push(format_args!(", CASE WHEN {bytes} <= "));
