@@ -832,13 +832,16 @@ impl Table {
                     "a NEW row is not due, though every backoff is zero".into()
                 })?;
                 waiting.sort_by_key(|row| (row.run_at, row.id));
-                // In the claim's order, which is also the order they start in.
-                let expected: Vec<i64> = waiting
+                // Which rows: the batch's own order follows how long each waited, as the
+                // database reckons it to the millisecond (SQLite), so it is not compared here.
+                let mut expected: Vec<i64> = waiting
                     .iter()
                     .take(*limit as usize)
                     .map(|row| row.id)
                     .collect();
-                let got: Vec<i64> = claimed.iter().map(|job| job.id).collect();
+                expected.sort_unstable();
+                let mut got: Vec<i64> = claimed.iter().map(|job| job.id).collect();
+                got.sort_unstable();
                 self.ensure(got == expected, || {
                     format!("claimed {got:?}, expected the oldest NEW rows {expected:?}")
                 })?;
