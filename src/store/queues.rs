@@ -170,9 +170,10 @@ where
         query
     }
 
-    /// Pauses queue `name`, as `UPDATE queues SET paused_at = now()` does, or lets it run.
-    pub fn pause_queue(name: &str, paused: bool) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new("UPDATE queues SET paused_at = ");
+    /// Pauses the row `name` of `table` (`queues` or `schedules`), as `UPDATE … SET paused_at
+    /// = now()` does, or lets it run.
+    pub fn set_paused(table: &'static str, name: &str, paused: bool) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(format!("UPDATE {table} SET paused_at = "));
         if paused {
             // A pause already in place keeps its time.
             query.push("COALESCE(paused_at, ");

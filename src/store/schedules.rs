@@ -172,22 +172,6 @@ where
         query
     }
 
-    /// Pauses schedule `name`, as `UPDATE schedules SET paused_at = now()` does, or lets it run.
-    pub fn pause_schedule(name: &str, paused: bool) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new("UPDATE schedules SET paused_at = ");
-        if paused {
-            // A pause already in place keeps its time.
-            query.push("COALESCE(paused_at, ");
-            DB::push_now(&mut query, Clock::now());
-            query.push(")");
-        } else {
-            query.push("NULL");
-        }
-        query.push(" WHERE name = ");
-        query.push_bind(name.to_owned());
-        query
-    }
-
     pub fn remove_schedule(name: &str) -> QueryBuilder<'a, DB> {
         let mut query = QueryBuilder::new("DELETE FROM schedules WHERE name = ");
         query.push_bind(name.to_owned());

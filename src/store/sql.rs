@@ -300,7 +300,7 @@ macro_rules! shared_duties {
 
             async fn pause_queue(&self, name: &str, paused: bool) -> Result<()> {
                 self.change(|| Sql::<$db>::add_queue(name)).await?;
-                self.change(|| Sql::<$db>::pause_queue(name, paused)).await?;
+                self.change(|| Sql::<$db>::set_paused("queues", name, paused)).await?;
                 Ok(())
             }
 
@@ -404,7 +404,7 @@ macro_rules! shared_duties {
             }
 
             async fn pause_schedule(&self, name: &str, paused: bool) -> Result<bool> {
-                self.won(|| Sql::<$db>::pause_schedule(name, paused)).await
+                self.won(|| Sql::<$db>::set_paused("schedules", name, paused)).await
             }
 
             async fn remove_schedule(&self, name: &str) -> Result<bool> {
