@@ -31,6 +31,9 @@ pub struct Config {
     pub dead_after: Duration,
     /// How many jobs one replica runs at once.
     pub consumers: u32,
+    /// How many jobs a replica may claim beyond its free consumers, to start as consumers come
+    /// free; with a rate limit, at most one second of starts at that rate.
+    pub prefetch: u32,
     /// Job starts per second per replica; 0 turns the limiter off.
     pub rate_per_second: u32,
     /// How long running jobs may take to finish after SIGTERM before they are released.
@@ -154,6 +157,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The prefetch in effect: never more jobs claimed ahead than the replica's rate limit
+    /// starts in a second, so no replica hoards what others could start sooner.
+    pub fn prefetch(&self) -> u32 {
+        if self.rate_per_second == 0 {
+            self.prefetch
+        } else {
+            self.prefetch.min(self.rate_per_second)
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("poll_interval", self.poll_interval),
@@ -179,6 +192,13 @@ impl Config {
                 "consumers ({}) must be between 1 and 10000, got {}",
                 env_name("consumers"),
                 self.consumers
+            )));
+        }
+        if self.prefetch > 100_000 {
+            return Err(ConfigError(format!(
+                "prefetch ({}) must be between 0 and 100000, got {}",
+                env_name("prefetch"),
+                self.prefetch
             )));
         }
         for table in &self.csv_tables {
@@ -253,6 +273,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("control_interval", "1s"),
     ("dead_after", "10s"),
     ("consumers", "10"),
+    ("prefetch", "500"),
     ("rate_per_second", "50"),
     ("shutdown_grace", "25s"),
     ("retry_backoff", "1s"),

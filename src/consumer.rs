@@ -49,48 +49,117 @@ pub(crate) fn limiter(rate_per_second: u32) -> Option<DefaultDirectRateLimiter> 
     ))
 }
 
+/// The most jobs one statement starts.
+const START_BATCH: usize = 1000;
+
 impl Pool {
     /// Starts jobs from `channel` until `stop`, then gives back what is still waiting in it,
     /// except jobs whose claim started them: those are running as far as the table says, so
     /// they run, under shutdown's grace like the rest. Jobs run in `jobs`.
+    ///
+    /// Jobs that wait QUEUED start in batches: each takes a free consumer and the limiter's
+    /// leave, and as many as are ready at once go out in one statement, whose round trip
+    /// overlaps the next batch's gathering, the claims and the outcomes being written.
     pub async fn run(
         self: Arc<Self>,
         mut channel: mpsc::Receiver<Claimed>,
         stop: CancellationToken,
         jobs: TaskTracker,
     ) {
+        let mut next: Option<Claimed> = None;
         loop {
-            let claimed = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                next = channel.recv() => match next {
-                    Some(claimed) => claimed,
-                    None => break,
+            let claimed = match next.take() {
+                Some(claimed) => claimed,
+                None => tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    next = channel.recv() => match next {
+                        Some(claimed) => claimed,
+                        None => break,
+                    },
                 },
             };
-            if let Some(at) = claimed.not_before {
-                // Its queue reserved a later start: it waits in a task of its own, so that the
-                // jobs behind it in the channel do not wait with it.
-                let (pool, stop) = (Arc::clone(&self), stop.clone());
-                jobs.spawn(async move { pool.run_paced(claimed, at, stop).await });
+            let Some(claimed) = self.dispatch(claimed, &jobs, &stop) else {
                 continue;
+            };
+            if !claimed.held.has_consumer() {
+                let consumer = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => None,
+                    consumer = self.replica.held.slots.run() => consumer,
+                };
+                let Some(consumer) = consumer else {
+                    next = Some(claimed);
+                    break;
+                };
+                claimed.held.take_consumer(consumer);
             }
             if !self.ready(&stop).await {
-                self.give_back(claimed).await;
+                next = Some(claimed);
                 break;
             }
-            let pool = Arc::clone(&self);
-            jobs.spawn(async move { pool.run_job(claimed).await });
+            // More that can start at once: waiting already, with a consumer free and the
+            // limiter's leave.
+            let mut batch = vec![claimed];
+            while batch.len() < START_BATCH {
+                let Ok(claimed) = channel.try_recv() else {
+                    break;
+                };
+                let Some(claimed) = self.dispatch(claimed, &jobs, &stop) else {
+                    continue;
+                };
+                if !claimed.held.has_consumer() {
+                    let Some(consumer) = self.replica.held.slots.try_run() else {
+                        next = Some(claimed);
+                        break;
+                    };
+                    claimed.held.take_consumer(consumer);
+                }
+                if !self.allowed() {
+                    next = Some(claimed);
+                    break;
+                }
+                batch.push(claimed);
+            }
+            let (pool, started) = (Arc::clone(&self), jobs.clone());
+            jobs.spawn(async move { pool.start(batch, &started).await });
         }
         channel.close();
-        while let Some(claimed) = channel.recv().await {
+        let mut back = Vec::new();
+        for claimed in next
+            .into_iter()
+            .chain(std::iter::from_fn(|| channel.try_recv().ok()))
+        {
             if claimed.started {
                 let pool = Arc::clone(&self);
                 jobs.spawn(async move { pool.run_job(claimed).await });
             } else {
-                self.give_back(claimed).await;
+                back.push(claimed);
             }
         }
+        self.give_back(back).await;
+    }
+
+    /// Sends on their way the jobs that need no start from the pool: those the claim started,
+    /// and those whose queue reserved a later start, which wait in a task of their own so that
+    /// the jobs behind them do not wait with them. Returns the others.
+    fn dispatch(
+        self: &Arc<Self>,
+        claimed: Claimed,
+        jobs: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Option<Claimed> {
+        if claimed.started {
+            let pool = Arc::clone(self);
+            jobs.spawn(async move { pool.run_job(claimed).await });
+            return None;
+        }
+        if let Some(at) = claimed.not_before {
+            let (pool, stop, started) = (Arc::clone(self), stop.clone(), jobs.clone());
+            jobs.spawn(async move { pool.run_paced(claimed, at, stop, &started).await });
+            return None;
+        }
+        Some(claimed)
     }
 
     /// Waits for the replica's own rate limiter; `false` if `stop` came first.
@@ -105,9 +174,22 @@ impl Pool {
         }
     }
 
+    /// Whether the replica's own rate limiter lets a job start now, counting it if so.
+    fn allowed(&self) -> bool {
+        self.limiter
+            .as_ref()
+            .is_none_or(|limiter| limiter.check().is_ok())
+    }
+
     /// Runs a job at the start its queue's rate reserved, if the replica's limiter allows it
     /// then.
-    async fn run_paced(&self, claimed: Claimed, at: tokio::time::Instant, stop: CancellationToken) {
+    async fn run_paced(
+        self: Arc<Self>,
+        claimed: Claimed,
+        at: tokio::time::Instant,
+        stop: CancellationToken,
+        jobs: &TaskTracker,
+    ) {
         let due = tokio::select! {
             biased;
             () = stop.cancelled() => false,
@@ -116,12 +198,8 @@ impl Pool {
         // The replica's own limit applies on top, but must not push the start past its
         // reserved moment, where it would crowd the starts other replicas reserved next: a job
         // the limiter would delay goes back, to be reserved again.
-        let allowed = self
-            .limiter
-            .as_ref()
-            .is_none_or(|limiter| limiter.check().is_ok());
-        if due && allowed {
-            self.run_job(claimed).await;
+        if due && self.allowed() {
+            self.start(vec![claimed], jobs).await;
         } else {
             if due {
                 tracing::debug!(
@@ -129,29 +207,54 @@ impl Pool {
                     "the replica's rate limit missed the queue's reserved start; given back"
                 );
             }
-            self.give_back(claimed).await;
+            self.give_back(vec![claimed]).await;
         }
     }
 
-    /// A claimed job this replica will not start after all goes back to NEW for anyone to take.
-    async fn give_back(&self, claimed: Claimed) {
-        let (id, replica) = (claimed.job.id, &self.replica);
-        // Dropping it removes its entry and frees its slot.
+    /// Starts QUEUED jobs, each holding a consumer, in one statement, and runs those it
+    /// started, each in a task of its own in `jobs`. One taken back meanwhile (terminated,
+    /// paused) is let go of; if the statement fails, the dead-job sweep gives them back.
+    async fn start(self: Arc<Self>, batch: Vec<Claimed>, jobs: &TaskTracker) {
+        let replica = &self.replica;
+        let ids: Vec<i64> = batch.iter().map(|claimed| claimed.job.id).collect();
+        let mut started = match replica.store.mark_started(&replica.worker, &ids).await {
+            Ok(started) => started,
+            Err(error) => {
+                tracing::warn!(jobs = ids.len(), %error, "could not start jobs; the dead-job sweep will requeue them");
+                Vec::new()
+            }
+        };
+        started.sort_unstable();
+        for mut claimed in batch {
+            if started.binary_search(&claimed.job.id).is_err() {
+                tracing::debug!(job = claimed.job.id, "taken back before it started");
+                // Dropping it lets go of the job and frees its place and consumer.
+                continue;
+            }
+            claimed.held.set(State::Running);
+            claimed.started = true;
+            let pool = Arc::clone(&self);
+            jobs.spawn(async move { pool.run_job(claimed).await });
+        }
+    }
+
+    /// Claimed jobs this replica will not start after all go back to NEW for anyone to take.
+    async fn give_back(&self, claimed: Vec<Claimed>) {
+        if claimed.is_empty() {
+            return;
+        }
+        let replica = &self.replica;
+        let ids: Vec<i64> = claimed.iter().map(|claimed| claimed.job.id).collect();
+        // Dropping them removes their entries and frees their places.
         drop(claimed);
-        if let Err(error) = replica.store.release(&replica.worker, Some(id)).await {
-            tracing::warn!(job = id, %error, "could not give back a queued job; the dead-job sweep will");
+        if let Err(error) = replica.store.release(&replica.worker, Some(&ids)).await {
+            tracing::warn!(jobs = ids.len(), %error, "could not give back queued jobs; the dead-job sweep will");
         }
     }
 
     async fn run_job(&self, claimed: Claimed) {
-        let Claimed {
-            job, held, started, ..
-        } = claimed;
+        let Claimed { job, held, .. } = claimed;
         let (id, replica) = (job.id, &self.replica);
-        if !(started || self.start(&held).await) {
-            // Dropping `held` lets go of the job and frees its slot.
-            return;
-        }
         let metrics = &replica.metrics;
         let (queue, kind) = (job.queue.clone(), job.kind.clone());
         let waited = job
@@ -161,7 +264,9 @@ impl Pool {
         metrics.started(&queue, &kind, waited);
         let began = std::time::Instant::now();
         let (run, held) = self.execute(job, held).await;
-        metrics.ran(&queue, &kind, began.elapsed());
+        let time = began.elapsed();
+        metrics.ran(&queue, &kind, time);
+        replica.held.slots.ran(time);
         match run {
             Run::Ended(outcome) => {
                 // The row stays RUNNING and ours until the completer writes the outcome, and
@@ -176,7 +281,7 @@ impl Pool {
             Run::Lost => {
                 tracing::info!(job = id, "task stopped: the job was cancelled or handed on")
             }
-            Run::Interrupted => match replica.store.release(&replica.worker, Some(id)).await {
+            Run::Interrupted => match replica.store.release(&replica.worker, Some(&[id])).await {
                 Ok(_) => tracing::info!(job = id, "shutdown: job released"),
                 Err(error) => {
                     tracing::warn!(job = id, %error, "shutdown: could not release job")
@@ -196,7 +301,7 @@ impl Pool {
         let (id, replica) = (held.id(), &self.replica);
         let mut wait = Duration::from_millis(100);
         loop {
-            match replica.store.release(&replica.worker, Some(id)).await {
+            match replica.store.release(&replica.worker, Some(&[id])).await {
                 Ok(released) => {
                     tracing::info!(job = id, released, "job whose lease lapsed given back");
                     return;
@@ -208,25 +313,6 @@ impl Pool {
                 () = tokio::time::sleep(wait) => {}
             }
             wait = (wait * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    /// Records the start of a job the claim left QUEUED; `false` if it is not to run here.
-    async fn start(&self, held: &HeldJob) -> bool {
-        let (id, replica) = (held.id(), &self.replica);
-        match replica.store.mark_started(id, &replica.worker).await {
-            Ok(true) => {
-                held.set(State::Running);
-                true
-            }
-            Ok(false) => {
-                tracing::debug!(job = id, "taken back before it started");
-                false
-            }
-            Err(error) => {
-                tracing::warn!(job = id, %error, "could not start job; the dead-job sweep will requeue it");
-                false
-            }
         }
     }
 

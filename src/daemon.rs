@@ -74,6 +74,7 @@ impl Daemon {
         tracing::info!(
             worker = %self.worker,
             consumers = config.consumers,
+            prefetch = config.prefetch(),
             rate_per_second = config.rate_per_second,
             poll_interval = ?config.poll_interval,
             dead_after = ?config.dead_after,
@@ -97,7 +98,8 @@ impl Daemon {
         };
         let ticker = tokio::spawn(replica::keep_alive(liveness_file.clone(), shutdown.clone()));
         let wakes = Wakes::default();
-        let slots = Slots::new(consumers, Arc::clone(&wakes.new_jobs));
+        let prefetch = usize::try_from(config.prefetch()).unwrap_or(usize::MAX);
+        let slots = Slots::new(consumers, prefetch, Arc::clone(&wakes.new_jobs));
         let replica = Arc::new(Replica {
             store: Arc::clone(&self.store),
             worker: Arc::clone(&self.worker),
@@ -108,7 +110,8 @@ impl Daemon {
             dead_after: config.dead_after,
             health_file: config.health_file.clone(),
         });
-        let (claimed_tx, claimed_rx) = mpsc::channel(consumers);
+        // Room for every job the slots let a replica hold: a claim never waits on the channel.
+        let (claimed_tx, claimed_rx) = mpsc::channel(consumers.saturating_add(prefetch));
         let (dead_tx, dead_rx) = mpsc::channel(64);
         let loops = TaskTracker::new();
         let jobs = TaskTracker::new();

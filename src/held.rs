@@ -10,8 +10,9 @@
 //! so that a held job can free its own without this module depending on anything above it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -89,12 +90,29 @@ impl Entry {
     }
 }
 
-/// One permit per consumer, taken by the new-jobs publisher with each claimed job and given back
-/// when the job ends or pauses: running jobs never outnumber the consumers.
+/// The two bounds on what a replica holds. A claimed job takes a place (`room`: one per consumer,
+/// plus `prefetch` for jobs claimed ahead, QUEUED until a consumer is free) and keeps it until
+/// its run ends or pauses; it takes a consumer (`run`) to start, or at the claim when the claim
+/// starts it. So running jobs never outnumber the consumers, and claimed jobs never outnumber
+/// the consumers plus the prefetch.
+///
+/// The prefetch keeps the consumers fed while the next claim is on its way: without it a
+/// replica with few consumers waits a round trip for every few jobs. But jobs claimed ahead
+/// wait here while other replicas may idle, so only as many are claimed ahead as the consumers
+/// would start within [`AHEAD`] at the pace jobs have been running: hundreds of short jobs,
+/// a few of those that take a while, none of those that take seconds.
 pub(crate) struct Slots {
-    free: Arc<Semaphore>,
+    room: Arc<Semaphore>,
+    run: Arc<Semaphore>,
+    consumers: usize,
+    /// The most jobs claimed ahead: the `prefetch` setting.
+    prefetch: usize,
+    /// How many may be claimed ahead now (at most `prefetch`), from the mean run time.
+    ahead: AtomicUsize,
+    /// The mean run time in seconds, moving (an `f64`'s bits); 0 until a job has run.
+    mean_run: AtomicU64,
     /// Set by the new-jobs publisher when its last pass could have claimed more than it had
-    /// slots for; read when a slot frees, to wake it at once.
+    /// room for; read when a place frees, to wake it.
     backlog: AtomicBool,
     /// Set by the new-jobs publisher when a queue's concurrency or rate held its last claim
     /// back; read when outcomes are written, since a finished job makes room in its queue.
@@ -104,24 +122,66 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
-    pub fn new(consumers: usize, wake: Arc<Notify>) -> Self {
+    pub fn new(consumers: usize, prefetch: usize, wake: Arc<Notify>) -> Self {
         Slots {
-            free: Arc::new(Semaphore::new(consumers)),
+            room: Arc::new(Semaphore::new(consumers.saturating_add(prefetch))),
+            run: Arc::new(Semaphore::new(consumers)),
+            consumers,
+            prefetch,
+            ahead: AtomicUsize::new(0),
+            mean_run: AtomicU64::new(0),
             backlog: AtomicBool::new(false),
             held_back: AtomicBool::new(false),
             wake,
         }
     }
 
-    /// Every slot free right now, for a claim of as many jobs. Those the claim does not fill go
-    /// back without a wake-up: the pass that took them claimed all there was, or failed and
+    /// Every place free right now, for a claim of as many jobs. Those the claim does not fill
+    /// go back without a wake-up: the pass that took them claimed all there was, or failed and
     /// waits on its own.
-    pub fn take_free(&self) -> Vec<OwnedSemaphorePermit> {
-        let mut slots = Vec::new();
-        while let Ok(slot) = Arc::clone(&self.free).try_acquire_owned() {
-            slots.push(slot);
-        }
-        slots
+    pub fn take_room(&self) -> Vec<OwnedSemaphorePermit> {
+        let kept = self.prefetch - self.ahead.load(Ordering::Relaxed);
+        take(
+            &self.room,
+            self.room.available_permits().saturating_sub(kept),
+        )
+    }
+
+    /// A job ran for `time`: the pace that sets how many jobs are claimed ahead.
+    pub fn ran(&self, time: Duration) {
+        // A moving mean over roughly the last 16 runs; a lost update between two runs ending
+        // at once costs nothing worth a lock.
+        let seconds = time.as_secs_f64();
+        let before = f64::from_bits(self.mean_run.load(Ordering::Relaxed));
+        let mean = if before == 0.0 {
+            seconds
+        } else {
+            before + (seconds - before) / 16.0
+        };
+        self.mean_run.store(mean.to_bits(), Ordering::Relaxed);
+        let ahead = if mean <= 0.0 {
+            self.prefetch
+        } else {
+            let starts = self.consumers as f64 * AHEAD.as_secs_f64() / mean;
+            (starts as usize).min(self.prefetch)
+        };
+        self.ahead.store(ahead, Ordering::Relaxed);
+    }
+
+    /// Up to `at_most` free consumers, for jobs to start as they are claimed. A consumer the
+    /// pool is waiting for goes to the pool, never here: jobs claimed earlier start first.
+    pub fn take_run(&self, at_most: usize) -> Vec<OwnedSemaphorePermit> {
+        take(&self.run, at_most)
+    }
+
+    /// A free consumer now, if there is one.
+    pub fn try_run(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.run).try_acquire_owned().ok()
+    }
+
+    /// Waits for a free consumer; `None` if the slots are closed.
+    pub async fn run(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.run).acquire_owned().await.ok()
     }
 
     /// Whether the new-jobs publisher's last pass left work it had no slot for.
@@ -142,12 +202,42 @@ impl Slots {
         }
     }
 
-    /// A slot came free: if work is waiting, claim it now rather than at the next poll.
+    /// A place came free: if work is waiting, claim it now rather than at the next poll; with
+    /// jobs claimed ahead, once half of them have started, so that claims come in batches
+    /// while the rest keep the consumers busy.
     fn freed(&self) {
-        if self.backlog.load(Ordering::Relaxed) {
+        if !self.backlog.load(Ordering::Relaxed) {
+            return;
+        }
+        let ahead = self.ahead.load(Ordering::Relaxed);
+        let wake_at = self.prefetch - ahead + (ahead / 2).max(1);
+        if self.room.available_permits() >= wake_at {
             self.wake.notify_one();
         }
     }
+}
+
+/// How far ahead a replica claims: the jobs its consumers would start within this time. Long
+/// enough to hide a claim's round trip; short enough that replicas share a burst of work.
+const AHEAD: Duration = Duration::from_millis(100);
+
+/// Up to `at_most` permits of `semaphore`, as many as are free.
+fn take(semaphore: &Arc<Semaphore>, at_most: usize) -> Vec<OwnedSemaphorePermit> {
+    let mut permits = Vec::new();
+    while permits.len() < at_most {
+        match Arc::clone(semaphore).try_acquire_owned() {
+            Ok(permit) => permits.push(permit),
+            Err(_) => break,
+        }
+    }
+    permits
+}
+
+/// What a held job holds of [`Slots`]: its place from the claim, its consumer from the start.
+#[derive(Default)]
+struct Permits {
+    room: Option<OwnedSemaphorePermit>,
+    run: Option<OwnedSemaphorePermit>,
 }
 
 /// A claimed job as this replica holds it, from the claim until its run ends: its entry in
@@ -158,8 +248,8 @@ pub(crate) struct HeldJob {
     held: Arc<Held>,
     wires: Wires,
     /// A `std::sync::Mutex`: it is only swapped, never held across an `.await`. The run pauses
-    /// and resumes through a shared reference, so the slot needs one.
-    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// and resumes through a shared reference, so the permits need one.
+    permits: Mutex<Permits>,
     /// The completer has the outcome: the entry, FINISHING, is its to remove.
     handed_over: bool,
 }
@@ -179,25 +269,47 @@ impl HeldJob {
         self.held.set(self.id, &self.wires.pause, state);
     }
 
-    /// Frees the slot, if the run holds one, and wakes the new-jobs publisher if work waits: a
-    /// paused job runs on no slot.
+    /// Whether the job holds a consumer: its claim started it, or gave it one for its start.
+    pub fn has_consumer(&self) -> bool {
+        self.lock_permits().run.is_some()
+    }
+
+    /// Holds `consumer` for the job's start.
+    pub fn take_consumer(&self, consumer: OwnedSemaphorePermit) {
+        self.lock_permits().run = Some(consumer);
+    }
+
+    /// Frees the job's place and consumer, if it holds them, and wakes the new-jobs publisher
+    /// if work waits: a paused job takes up neither.
     pub fn give_up_slot(&self) {
-        let slot = self.lock_slot().take();
-        if slot.is_some() {
-            drop(slot);
+        let permits = std::mem::take(&mut *self.lock_permits());
+        if permits.room.is_some() {
+            drop(permits);
             self.held.slots.freed();
         }
     }
 
-    /// Waits for a free slot and holds it, for a paused job about to resume. `false` if the
-    /// slots are closed.
+    /// Waits for a free place and a free consumer and holds them, for a paused job about to
+    /// resume. `false` if the slots are closed.
     pub async fn take_back_slot(&self) -> bool {
-        let Ok(slot) = Arc::clone(&self.held.slots.free).acquire_owned().await else {
+        let slots = &self.held.slots;
+        let Ok(room) = Arc::clone(&slots.room).acquire_owned().await else {
             return false;
         };
-        if self.lock_slot().replace(slot).is_some() {
-            // It held one already; the one it let go of is free now.
-            self.held.slots.freed();
+        let Some(run) = slots.run().await else {
+            return false;
+        };
+        let before = std::mem::replace(
+            &mut *self.lock_permits(),
+            Permits {
+                room: Some(room),
+                run: Some(run),
+            },
+        );
+        if before.room.is_some() {
+            // It held a place already; the one it let go of is free now.
+            drop(before);
+            slots.freed();
         }
         true
     }
@@ -217,9 +329,9 @@ impl HeldJob {
         self.handed_over
     }
 
-    fn lock_slot(&self) -> MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+    fn lock_permits(&self) -> MutexGuard<'_, Permits> {
         // Every section is a single swap, so a poisoned lock is still a good one.
-        self.slot
+        self.permits
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -276,13 +388,15 @@ impl Held {
         }
     }
 
-    /// A claimed job enters, QUEUED or RUNNING if its claim started it, with the slot taken for
-    /// it; it leaves when the [`HeldJob`] is dropped.
+    /// A claimed job enters, QUEUED or RUNNING if its claim started it, with the place taken
+    /// for it, and the consumer if it has one already; it leaves when the [`HeldJob`] is
+    /// dropped.
     pub fn enter(
         self: &Arc<Self>,
         id: i64,
         state: State,
-        slot: OwnedSemaphorePermit,
+        room: OwnedSemaphorePermit,
+        run: Option<OwnedSemaphorePermit>,
         labels: Labels,
     ) -> HeldJob {
         let lost = CancellationToken::new();
@@ -305,7 +419,10 @@ impl Held {
                 pause,
                 lapsed: CancellationToken::new(),
             },
-            slot: Mutex::new(Some(slot)),
+            permits: Mutex::new(Permits {
+                room: Some(room),
+                run,
+            }),
             handed_over: false,
         }
     }
@@ -410,14 +527,14 @@ mod tests {
     /// A replica's held jobs with `consumers` slots, and the wake-up its slots ring.
     fn held(consumers: usize) -> (Arc<Held>, Arc<Notify>) {
         let wake = Arc::new(Notify::new());
-        let held = Arc::new(Held::new(Slots::new(consumers, Arc::clone(&wake))));
+        let held = Arc::new(Held::new(Slots::new(consumers, 0, Arc::clone(&wake))));
         (held, wake)
     }
 
     fn claim(held: &Arc<Held>, id: i64) -> HeldJob {
-        let mut slots = held.slots.take_free();
-        let slot = slots.pop().expect("a free slot");
-        held.enter(id, State::Queued, slot, Labels::default())
+        let mut room = held.slots.take_room();
+        let place = room.pop().expect("a free place");
+        held.enter(id, State::Queued, place, None, Labels::default())
     }
 
     fn woken(wake: &Notify) -> bool {
@@ -425,7 +542,7 @@ mod tests {
     }
 
     fn free(held: &Held) -> usize {
-        held.slots.free.available_permits()
+        held.slots.room.available_permits()
     }
 
     #[test]
@@ -523,5 +640,61 @@ mod tests {
         drop(job);
         assert_eq!(free(&held), 1);
         assert!(held.ids(&[State::Running, State::Paused]).is_empty());
+    }
+
+    #[test]
+    fn a_prefetch_adds_places_but_never_consumers() {
+        let wake = Arc::new(Notify::new());
+        let slots = Slots::new(2, 4, wake);
+        slots.ran(Duration::ZERO);
+        let room = slots.take_room();
+        assert_eq!(room.len(), 6, "two consumers and four jobs ahead");
+        let run = slots.take_run(usize::MAX);
+        assert_eq!(run.len(), 2);
+        assert!(slots.try_run().is_none());
+        drop(run);
+        assert_eq!(slots.take_run(1).len(), 1, "at most as many as asked");
+    }
+
+    #[test]
+    fn jobs_are_claimed_ahead_only_as_far_as_the_consumers_will_start_them_soon() {
+        let slots = Slots::new(2, 100, Arc::new(Notify::new()));
+        assert_eq!(
+            slots.take_room().len(),
+            2,
+            "nothing ahead before a job has run"
+        );
+        slots.ran(Duration::from_millis(20));
+        assert_eq!(
+            slots.take_room().len(),
+            2 + 10,
+            "two consumers start ten in 100 ms"
+        );
+        let slots = Slots::new(2, 100, Arc::new(Notify::new()));
+        slots.ran(Duration::from_secs(3));
+        assert_eq!(slots.take_room().len(), 2, "none of jobs that take seconds");
+        slots.ran(Duration::from_micros(10));
+        assert_eq!(
+            slots.take_room().len(),
+            2,
+            "one short job hardly moves the mean"
+        );
+        for _ in 0..1000 {
+            slots.ran(Duration::from_micros(10));
+        }
+        assert_eq!(slots.take_room().len(), 102, "many do, up to the prefetch");
+    }
+
+    #[test]
+    fn with_a_prefetch_a_claim_is_woken_once_half_of_it_is_free() {
+        let wake = Arc::new(Notify::new());
+        let held = Arc::new(Held::new(Slots::new(1, 4, Arc::clone(&wake))));
+        held.slots.ran(Duration::ZERO);
+        let mut jobs: Vec<HeldJob> = (1..=5).map(|id| claim(&held, id)).collect();
+        held.slots.set_backlog(true);
+        drop(jobs.pop());
+        assert!(!woken(&wake), "one free place is not worth a claim");
+        drop(jobs.pop());
+        assert!(woken(&wake), "two are");
     }
 }

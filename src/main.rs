@@ -140,6 +140,16 @@ enum QueueAction {
     Pause { name: String },
     /// The queue's jobs start again
     Resume { name: String },
+    /// Limit the queue across all replicas; a limit left out is lifted
+    Limit {
+        name: String,
+        /// At most this many of its jobs QUEUED or RUNNING at once
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// At most this many starts a second
+        #[arg(long)]
+        rate: Option<f64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -348,6 +358,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let (name, paused) = match action {
                 QueueAction::Pause { name } => (name, true),
                 QueueAction::Resume { name } => (name, false),
+                QueueAction::Limit {
+                    name,
+                    concurrency,
+                    rate,
+                } => {
+                    store
+                        .limit_queue(&name, concurrency.map(i64::from), rate)
+                        .await?;
+                    let limit = |limit: Option<String>| limit.unwrap_or_else(|| "none".into());
+                    println!(
+                        "queue {name:?}: concurrency {}, rate {}/s",
+                        limit(concurrency.map(|n| n.to_string())),
+                        limit(rate.map(|r| r.to_string()))
+                    );
+                    return Ok(());
+                }
             };
             store.pause_queue(&name, paused).await?;
             let state = if paused { "paused" } else { "running" };

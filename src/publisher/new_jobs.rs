@@ -1,5 +1,7 @@
-//! Claims NEW jobs whose time has come and puts them on the consumers' channel. It never claims
-//! more than the pool has free slots for, so a replica never hoards jobs it cannot start soon.
+//! Claims NEW jobs whose time has come and puts them on the consumers' channel. It claims for
+//! the free consumers, whose jobs the claim starts, and up to `prefetch` more, which wait QUEUED
+//! for a consumer: a replica holds no more than it can start soon, yet its consumers never wait
+//! a round trip for their next job.
 //!
 //! Queues with a concurrency or a rate in the `queues` table are claimed one at a time, first,
 //! each under its row's lock (the store counts and reserves there, so the limits hold across
@@ -8,6 +10,7 @@
 //! While any queue is paused or limited, the claim itself never takes such a queue's jobs,
 //! whatever this replica last read; while none is, it skips looking.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -36,6 +39,10 @@ pub(crate) struct NewJobs {
     pub read_at: Option<Instant>,
     /// Whether any queue had a pause or a limit when last read.
     pub any_limits: bool,
+    /// When a limited queue's claim last found it empty.
+    pub found_empty: HashMap<String, Instant>,
+    /// Whether the last pass claimed all it had room for: a backlog is being drained.
+    pub draining: bool,
 }
 
 impl NewJobs {
@@ -50,7 +57,20 @@ impl NewJobs {
             limited: Vec::new(),
             read_at: None,
             any_limits: true,
+            found_empty: HashMap::new(),
+            draining: false,
         }
+    }
+
+    /// Whether to skip queue `name` this pass: while a backlog elsewhere keeps every pass full,
+    /// a limited queue found empty is looked at again once per `poll_interval`, not on every
+    /// pass, where its lock, count and claim would cost more than the jobs they find.
+    fn skip(&self, name: &str) -> bool {
+        self.draining
+            && self
+                .found_empty
+                .get(name)
+                .is_some_and(|at| at.elapsed() < self.poll_interval)
     }
 
     /// Reads which queues are limited, once per `poll_interval`. A failed read keeps the last
@@ -73,6 +93,9 @@ impl NewJobs {
                     .into_iter()
                     .filter(|row| row.limited() && served(row))
                     .collect();
+                let limited = &self.limited;
+                self.found_empty
+                    .retain(|name, _| limited.iter().any(|row| row.name == *name));
                 self.read_at = Some(Instant::now());
             }
             Err(error) => {
@@ -81,11 +104,11 @@ impl NewJobs {
         }
     }
 
-    fn claim<'a>(&'a self, scope: Scope<'a>, limit: usize) -> Claim<'a> {
+    fn claim<'a>(&'a self, scope: Scope<'a>, limit: usize, start: bool) -> Claim<'a> {
         Claim {
             worker: &self.replica.worker,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            start: self.start,
+            start,
             max_bytes: self.max_bytes,
             scope,
             any_limits: self.any_limits,
@@ -96,19 +119,29 @@ impl NewJobs {
         }
     }
 
-    /// Hands claimed jobs to the consumers, each with one of `slots`.
+    /// Hands claimed jobs to the consumers, each with one of `room`'s places, and one of
+    /// `consumers` if given (the claim took as many jobs as there are of either).
     async fn hand_out(
         &self,
         jobs: Vec<ClaimedJob>,
-        slots: &mut Vec<OwnedSemaphorePermit>,
+        room: &mut Vec<OwnedSemaphorePermit>,
+        mut consumers: Option<&mut Vec<OwnedSemaphorePermit>>,
         started: bool,
     ) -> Result<()> {
         let replica = &self.replica;
         for job in jobs {
-            let Some(slot) = slots.pop() else {
-                // Never: a claim takes at most as many jobs as there are slots. Were it to, the
-                // job goes back rather than run without one.
-                replica.store.release(&replica.worker, Some(job.id)).await?;
+            let consumer = consumers.as_mut().and_then(|consumers| consumers.pop());
+            let Some(place) = room
+                .pop()
+                .filter(|_| consumers.is_none() || consumer.is_some())
+            else {
+                // Never: a claim takes at most as many jobs as there are places (and consumers
+                // when it asks for them). Were it to, the job goes back rather than run beyond
+                // the bounds.
+                replica
+                    .store
+                    .release(&replica.worker, Some(&[job.id]))
+                    .await?;
                 continue;
             };
             let id = job.id;
@@ -121,7 +154,7 @@ impl NewJobs {
                 queue: job.queue.clone(),
                 kind: job.kind.clone(),
             };
-            let held = replica.held.enter(id, state, slot, labels);
+            let held = replica.held.enter(id, state, place, consumer, labels);
             let not_before = job.wait.map(|wait| tokio::time::Instant::now() + wait);
             let claimed = Claimed {
                 job,
@@ -132,7 +165,7 @@ impl NewJobs {
             // The pool has stopped taking jobs (shutdown): the refused job, dropped here, lets
             // go of its entry and slot, and goes back to NEW at once.
             if self.channel.send(claimed).await.is_err() {
-                replica.store.release(&replica.worker, Some(id)).await?;
+                replica.store.release(&replica.worker, Some(&[id])).await?;
             }
         }
         Ok(())
@@ -143,24 +176,42 @@ impl Publisher for NewJobs {
     const NAME: &'static str = "new-jobs";
 
     async fn run_once(&mut self) -> Result<bool> {
-        let mut slots = self.replica.held.slots.take_free();
-        if slots.is_empty() {
-            self.replica.held.slots.set_backlog(true);
+        let replica = Arc::clone(&self.replica);
+        let slots = &replica.held.slots;
+        let mut room = slots.take_room();
+        if room.is_empty() {
+            slots.set_backlog(true);
             return Ok(false);
         }
         self.read_queues().await;
+        // Consumers free now: the jobs claimed for them start at once. Claimed jobs beyond them
+        // wait QUEUED, prefetched, for consumers to come free.
+        let mut consumers = slots.take_run(room.len());
         let mut held_back = false;
+        let mut found_empty = Vec::new();
         for queue in &self.limited {
-            if slots.is_empty() {
+            // A limited queue's jobs are claimed only for free consumers: claimed ahead, they
+            // would take up its concurrency, and its reserved starts, while they wait.
+            if consumers.is_empty() {
                 break;
             }
-            let claim = self.claim(Scope::Limited(&queue.name), slots.len());
+            if self.skip(&queue.name) {
+                continue;
+            }
+            let wanted = consumers.len();
+            let claim = self.claim(Scope::Limited(&queue.name), wanted, self.start);
             match self.replica.store.claim(&claim).await {
                 Ok(jobs) => {
-                    held_back |= jobs.len() < slots.len();
+                    held_back |= jobs.len() < wanted;
+                    if jobs.is_empty() {
+                        found_empty.push(queue.name.clone());
+                    } else {
+                        self.found_empty.remove(&queue.name);
+                    }
                     // A job whose start the rate reserved was claimed QUEUED.
                     let started = self.start && queue.rate_per_second.is_none();
-                    self.hand_out(jobs, &mut slots, started).await?;
+                    self.hand_out(jobs, &mut room, Some(&mut consumers), started)
+                        .await?;
                 }
                 // One queue's trouble never holds up the others.
                 Err(error) => {
@@ -168,21 +219,49 @@ impl Publisher for NewJobs {
                 }
             }
         }
-        self.replica.held.slots.set_held_back(held_back);
-        if slots.is_empty() {
-            self.replica.held.slots.set_backlog(true);
-            return Ok(false);
+        slots.set_held_back(held_back);
+        let now = Instant::now();
+        for name in found_empty {
+            self.found_empty.insert(name, now);
         }
         let scope = if self.served.is_empty() {
             Scope::Unlimited
         } else {
             Scope::UnlimitedOf(&self.served)
         };
-        let wanted = slots.len();
-        let jobs = self.replica.store.claim(&self.claim(scope, wanted)).await?;
+        if self.start && !consumers.is_empty() {
+            let wanted = consumers.len();
+            let jobs = self
+                .replica
+                .store
+                .claim(&self.claim(scope, wanted, true))
+                .await?;
+            let full = jobs.len() == wanted;
+            self.hand_out(jobs, &mut room, Some(&mut consumers), true)
+                .await?;
+            if !full {
+                // All there is to claim is claimed.
+                slots.set_backlog(false);
+                self.draining = false;
+                return Ok(false);
+            }
+        }
+        drop(consumers);
+        if room.is_empty() {
+            slots.set_backlog(true);
+            self.draining = true;
+            return Ok(false);
+        }
+        let wanted = room.len();
+        let jobs = self
+            .replica
+            .store
+            .claim(&self.claim(scope, wanted, false))
+            .await?;
         let full = jobs.len() == wanted;
-        self.replica.held.slots.set_backlog(full);
-        self.hand_out(jobs, &mut slots, self.start).await?;
+        slots.set_backlog(full);
+        self.draining = full;
+        self.hand_out(jobs, &mut room, None, false).await?;
         Ok(full)
     }
 }

@@ -108,19 +108,58 @@ macro_rules! claiming {
                 worker: &str,
                 ids: &[i64],
             ) -> Result<Vec<i64>> {
+                Self::change_named(
+                    connection,
+                    Status::Running,
+                    worker,
+                    ids,
+                    Sql::<$db>::finish_done,
+                )
+                .await
+            }
+
+            /// QUEUED by `worker` → RUNNING for the jobs `ids` (never empty); the ids it changed.
+            async fn start_queued(
+                connection: &mut <$db as sqlx::Database>::Connection,
+                worker: &str,
+                ids: &[i64],
+            ) -> Result<Vec<i64>> {
+                Self::change_named(
+                    connection,
+                    Status::Queued,
+                    worker,
+                    ids,
+                    Sql::<$db>::mark_started,
+                )
+                .await
+            }
+
+            /// Runs `update` on those of `worker`'s jobs `ids` (never empty) that are in
+            /// `status`, which it guards, and returns the ids it changed: named by the UPDATE
+            /// itself, or locked first where it cannot name them (then `connection` must be a
+            /// transaction).
+            async fn change_named<'q>(
+                connection: &mut <$db as sqlx::Database>::Connection,
+                status: Status,
+                worker: &str,
+                ids: &[i64],
+                update: fn(&str, &[i64]) -> sqlx::QueryBuilder<'q, $db>,
+            ) -> Result<Vec<i64>> {
                 if <$db as Dialect>::RETURNING {
-                    let mut query = Sql::<$db>::finish_done(worker, ids);
+                    let mut query = update(worker, ids);
                     query.push(" RETURNING id");
                     return query.build_query_scalar().fetch_all(&mut *connection).await;
                 }
-                let mut locked = Sql::<$db>::locked_running(worker, ids);
+                let mut locked = Sql::<$db>::locked(status, worker, ids);
                 let ours: Vec<i64> = locked
                     .build_query_scalar()
                     .fetch_all(&mut *connection)
                     .await?;
                 if !ours.is_empty() {
-                    let mut query = Sql::<$db>::finish_done(worker, &ours);
-                    query.build().execute(&mut *connection).await?;
+                    update(worker, &ours)
+                        .build()
+                        .execute(&mut *connection)
+                        .await?;
                 }
                 Ok(ours)
             }

@@ -92,8 +92,10 @@ pub trait Lifecycle: Send + Sync {
     /// with [`ClaimedJob::unfit`] saying why, to end FAILED like any other run.
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>>;
 
-    /// QUEUED by `worker` → RUNNING, `started_at`, one more attempt.
-    async fn mark_started(&self, id: i64, worker: &str) -> Result<bool>;
+    /// QUEUED by `worker` → RUNNING, `started_at`, one more attempt, for the jobs `ids`: one
+    /// statement starts a whole batch. Returns the ids it started; a job missing from them was
+    /// taken back first (terminated, paused, released).
+    async fn mark_started(&self, worker: &str, ids: &[i64]) -> Result<Vec<i64>>;
 
     /// Records a sign of life of a RUNNING job, and its handler's `progress` (JSON) when given;
     /// `false` once the job is no longer this worker's to run (cancelled as dead, or
@@ -106,11 +108,11 @@ pub trait Lifecycle: Send + Sync {
     /// replica spends a statement or two on hundreds of jobs.
     async fn finish(&self, worker: &str, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>>;
 
-    /// Returns this worker's QUEUED and RUNNING jobs (or just job `id`) to NEW, keeping their
+    /// Returns this worker's QUEUED and RUNNING jobs (or just the jobs `ids`) to NEW, keeping their
     /// progress and giving back the attempt of an interrupted run: a shutdown never costs a job
     /// an attempt and never cancels it. A PAUSED job stays PAUSED, held by no one, so that a
     /// resume sends it back to NEW.
-    async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64>;
+    async fn release(&self, worker: &str, ids: Option<&[i64]>) -> Result<u64>;
 
     /// Refreshes the sign of life of this worker's jobs `ids` that no handler speaks for
     /// (QUEUED in its channel, PAUSED in its memory, or RUNNING with the outcome about to be
@@ -172,6 +174,16 @@ pub trait Queues: Send + Sync {
     /// Pauses queue `name` (`paused`) or lets it run, as `UPDATE queues SET paused_at = …`
     /// does, making its row if it has none.
     async fn pause_queue(&self, name: &str, paused: bool) -> Result<()>;
+
+    /// Sets queue `name`'s concurrency and rate (`None` lifts a limit), as `UPDATE queues SET
+    /// concurrency = …, rate_per_second = …` does, making its row if it has none. The database
+    /// refuses a limit out of range.
+    async fn limit_queue(
+        &self,
+        name: &str,
+        concurrency: Option<i64>,
+        rate_per_second: Option<f64>,
+    ) -> Result<()>;
 
     /// How many jobs each queue has in each status.
     async fn queue_counts(&self) -> Result<Vec<(String, Status, i64)>>;
@@ -248,6 +260,11 @@ pub trait Inspect: Send + Sync {
 
     /// How many jobs are in each status.
     async fn counts(&self) -> Result<Vec<(Status, i64)>>;
+
+    /// How many jobs are NEW, QUEUED or RUNNING: what a drain waits for. Read through the
+    /// indexes of the claim and of the live jobs, so it costs little beside millions of
+    /// finished rows, where [`counts`](Self::counts) reads them all.
+    async fn unfinished(&self) -> Result<i64>;
 
     /// Up to `limit` rows in `statuses`, the latest by `latest_by` (`"id"`, `"finished_at"`)
     /// first: the running jobs and recent failures of `jobsd status --watch`.

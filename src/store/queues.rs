@@ -187,3 +187,27 @@ where
         query
     }
 }
+
+impl<'a, DB> Sql<DB>
+where
+    DB: Dialect,
+    String: Encode<'a, DB> + Type<DB>,
+    Option<i64>: Encode<'a, DB> + Type<DB>,
+    Option<f64>: Encode<'a, DB> + Type<DB>,
+{
+    /// Sets queue `name`'s limits, as `UPDATE queues SET concurrency = …, rate_per_second = …`
+    /// does; `None` lifts one.
+    pub fn set_limits(
+        name: &str,
+        concurrency: Option<i64>,
+        rate_per_second: Option<f64>,
+    ) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new("UPDATE queues SET concurrency = ");
+        query.push_bind(concurrency);
+        query.push(", rate_per_second = ");
+        query.push_bind(rate_per_second);
+        query.push(" WHERE name = ");
+        query.push_bind(name.to_owned());
+        query
+    }
+}

@@ -146,8 +146,21 @@ macro_rules! shared_duties {
                 .await
             }
 
-            async fn mark_started(&self, id: i64, worker: &str) -> Result<bool> {
-                self.won(|| Sql::<$db>::mark_started(id, worker)).await
+            async fn mark_started(&self, worker: &str, ids: &[i64]) -> Result<Vec<i64>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                if <$db as Dialect>::RETURNING {
+                    let mut connection = self.pool.acquire().await?;
+                    return Self::start_queued(&mut connection, worker, ids).await;
+                }
+                retry_deadlocks(|| async {
+                    let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                    let started = Self::start_queued(&mut tx, worker, ids).await?;
+                    tx.commit().await?;
+                    Ok(started)
+                })
+                .await
             }
 
             async fn heartbeat(
@@ -194,8 +207,11 @@ macro_rules! shared_duties {
                 .await
             }
 
-            async fn release(&self, worker: &str, id: Option<i64>) -> Result<u64> {
-                self.change(|| Sql::<$db>::release(worker, id)).await
+            async fn release(&self, worker: &str, ids: Option<&[i64]>) -> Result<u64> {
+                if ids.is_some_and(<[i64]>::is_empty) {
+                    return Ok(0);
+                }
+                self.change(|| Sql::<$db>::release(worker, ids)).await
             }
 
             async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
@@ -301,6 +317,18 @@ macro_rules! shared_duties {
             async fn pause_queue(&self, name: &str, paused: bool) -> Result<()> {
                 self.change(|| Sql::<$db>::add_queue(name)).await?;
                 self.change(|| Sql::<$db>::set_paused("queues", name, paused)).await?;
+                Ok(())
+            }
+
+            async fn limit_queue(
+                &self,
+                name: &str,
+                concurrency: Option<i64>,
+                rate_per_second: Option<f64>,
+            ) -> Result<()> {
+                self.change(|| Sql::<$db>::add_queue(name)).await?;
+                self.change(|| Sql::<$db>::set_limits(name, concurrency, rate_per_second))
+                    .await?;
                 Ok(())
             }
 
@@ -480,6 +508,17 @@ macro_rules! shared_duties {
                     .fetch_all(&self.pool)
                     .await?;
                 status_counts(rows)
+            }
+
+            async fn unfinished(&self) -> Result<i64> {
+                // Each count reads the partial index whose condition it repeats.
+                sqlx::query_scalar(&format!(
+                    "SELECT CAST((SELECT COUNT(*) FROM jobs WHERE status = 'NEW') \
+                     + (SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'RUNNING')) AS {})",
+                    <$db as Dialect>::INTEGER
+                ))
+                .fetch_one(&self.pool)
+                .await
             }
 
             async fn live_with_key(&self, key: &str) -> Result<Option<i64>> {

@@ -153,7 +153,7 @@ where
     /// [`Store::release`](super::Store::release): this worker's QUEUED and RUNNING jobs (or just
     /// `id`) back to NEW, the attempt of an interrupted run given back; PAUSED ones stay PAUSED,
     /// held by no one.
-    pub fn release(worker: &str, id: Option<i64>) -> QueryBuilder<'a, DB> {
+    pub fn release(worker: &str, ids: Option<&[i64]>) -> QueryBuilder<'a, DB> {
         let mut query = QueryBuilder::new(format!(
             "UPDATE jobs SET attempts = CASE WHEN status = 'QUEUED' THEN attempts ELSE {ATTEMPT_BACK} END, \
              status = CASE WHEN status = 'PAUSED' THEN 'PAUSED' ELSE 'NEW' END, \
@@ -161,9 +161,9 @@ where
              WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = "
         ));
         query.push_bind(worker.to_owned());
-        if let Some(id) = id {
-            query.push(" AND id = ");
-            query.push_bind(id);
+        if let Some(ids) = ids {
+            query.push(" AND id ");
+            DB::push_in_ids(&mut query, ids);
         }
         query
     }
@@ -248,15 +248,15 @@ where
 
     /// [`Store::mark_started`](super::Store::mark_started): QUEUED by `worker` → RUNNING, one more
     /// attempt.
-    pub fn mark_started(id: i64, worker: &str) -> QueryBuilder<'a, DB> {
+    pub fn mark_started(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
         let mut query = QueryBuilder::new(format!(
             "UPDATE jobs SET status = 'RUNNING', heartbeat_at = NULL, {NEXT_ATTEMPT}, started_at = "
         ));
         DB::push_now(&mut query, Clock::now());
-        query.push(" WHERE id = ");
-        query.push_bind(id);
-        query.push(" AND status = 'QUEUED' AND worker = ");
+        query.push(" WHERE status = 'QUEUED' AND worker = ");
         query.push_bind(worker.to_owned());
+        query.push(" AND id ");
+        DB::push_in_ids(&mut query, ids);
         query
     }
 
@@ -349,12 +349,14 @@ where
         query
     }
 
-    /// Of the jobs `ids` (never empty), those still RUNNING by `worker`, locked until the
+    /// Of the jobs `ids` (never empty), those still in `status` by `worker`, locked until the
     /// transaction ends: where an UPDATE cannot name its rows, these are the ones
-    /// [`Sql::finish_done`] then changes.
-    pub fn locked_running(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
-        let mut query =
-            QueryBuilder::new("SELECT id FROM jobs WHERE status = 'RUNNING' AND worker = ");
+    /// [`Sql::finish_done`] or [`Sql::mark_started`] then changes.
+    pub fn locked(status: Status, worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT id FROM jobs WHERE status = '{}' AND worker = ",
+            status.as_str()
+        ));
         query.push_bind(worker.to_owned());
         query.push(" AND id ");
         DB::push_in_ids(&mut query, ids);

@@ -306,7 +306,11 @@ async fn a_queued_job_paused_is_not_started_by_its_holder(db: TestDb) {
         "applied once"
     );
     assert!(
-        !store.mark_started(id, "w").await.expect("start"),
+        store
+            .mark_started("w", &[id])
+            .await
+            .expect("start")
+            .is_empty(),
         "its holder cannot start it"
     );
     let paused = row(&db, id).await;

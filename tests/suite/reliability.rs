@@ -363,10 +363,11 @@ async fn three_replicas_drain_ten_thousand_jobs_each_run_and_finished_once(db: T
     assert_eq!(history.len() as i64, JOBS, "every job changed status");
     for row in &rows {
         let worker = row.worker.as_deref().expect("worker");
-        assert_eq!(
-            history[&row.id],
-            ran_at_once_by(worker, "DONE", 1),
-            "job {} claimed, started and finished once, by one replica",
+        // Started by its claim, or claimed ahead and started when a consumer came free.
+        let path = &history[&row.id];
+        assert!(
+            *path == ran_at_once_by(worker, "DONE", 1) || *path == ran_once_by(worker, "DONE", 1),
+            "job {} claimed, started and finished once, by one replica: {path:?}",
             row.id
         );
     }

@@ -881,7 +881,7 @@ impl Table {
                 let before = self.row(id);
                 let wins = before.status == Status::Queued
                     && before.worker.as_deref() == Some(worker.id());
-                let won = db(store.mark_started(id, worker.id()).await)?;
+                let won = db(store.mark_started(worker.id(), &[id]).await)? == [id];
                 self.ensure(won == wins, || {
                     format!("mark_started returned {won}, row was {before:?}")
                 })?;
@@ -964,7 +964,9 @@ impl Table {
             Op::DeadSweep { silence } => self.sweep(silence.duration()).await?,
             Op::Release { worker, job } => {
                 let only = job.map(|job| self.resolve(Some(*worker), job, &[]));
-                let released = db(store.release(worker.id(), only).await)?;
+                let released = db(store
+                    .release(worker.id(), only.as_ref().map(std::slice::from_ref))
+                    .await)?;
                 for row in self.rows.values() {
                     let held = row.worker.as_deref() == Some(worker.id())
                         && only.is_none_or(|id| id == row.id);

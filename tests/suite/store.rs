@@ -21,6 +21,7 @@ crate::on_every_backend!(
     dead_jobs_settle_three_ways,
     finish_racing_cancel_has_exactly_one_winner,
     heartbeat_reports_a_job_taken_away,
+    one_statement_starts_a_batch_and_names_what_it_started,
     release_gives_jobs_back_without_using_an_attempt,
     a_claim_reads_each_row_on_its_own,
     attempts_at_the_edges_never_break_a_statement,
@@ -234,9 +235,15 @@ async fn dead_jobs_settle_three_ways(db: TestDb) {
         1
     );
     for id in [retryable, exhausted] {
-        assert!(store.mark_started(id, "gone").await.expect("start"));
+        assert_eq!(
+            store.mark_started("gone", &[id]).await.expect("start"),
+            [id]
+        );
     }
-    assert!(store.mark_started(alive, "here").await.expect("start"));
+    assert_eq!(
+        store.mark_started("here", &[alive]).await.expect("start"),
+        [alive]
+    );
 
     let dead_after = Duration::from_millis(300);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -322,7 +329,7 @@ async fn finish_racing_cancel_has_exactly_one_winner(db: TestDb) {
         20
     );
     for id in &ids {
-        assert!(store.mark_started(*id, "w").await.expect("start"));
+        assert_eq!(store.mark_started("w", &[*id]).await.expect("start"), [*id]);
     }
     let dead_after = Duration::from_millis(100);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -366,6 +373,66 @@ async fn finish_racing_cancel_has_exactly_one_winner(db: TestDb) {
     }
 }
 
+async fn one_statement_starts_a_batch_and_names_what_it_started(db: TestDb) {
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            store
+                .insert(&NewJob::sleep(1, Some(SECOND)))
+                .await
+                .expect("insert"),
+        );
+    }
+    let claimed = store
+        .claim(&jobsd::store::Claim::new("w", 4, false))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4);
+    // Of the batch: one released, one already started, one never claimed (NEW), one of
+    // another worker's ids that does not exist.
+    let [a, b, c, d, never] = ids[..] else {
+        panic!("five ids")
+    };
+    assert_eq!(store.release("w", Some(&[a])).await.expect("release"), 1);
+    assert_eq!(store.mark_started("w", &[b]).await.expect("start"), [b]);
+    assert!(
+        store
+            .mark_started("other", &[c, d])
+            .await
+            .expect("start")
+            .is_empty(),
+        "only the holder starts its jobs"
+    );
+    let mut started = store
+        .mark_started("w", &[a, b, c, d, never, i64::MAX])
+        .await
+        .expect("start");
+    started.sort_unstable();
+    assert_eq!(started, [c, d]);
+    for row in store.rows(&ids, 10).await.expect("rows") {
+        let (status, attempts) = match row.id {
+            id if id == b || id == c || id == d => (Status::Running, 1),
+            _ => (Status::New, 0),
+        };
+        assert_eq!(
+            (row.status, row.attempts),
+            (status, attempts),
+            "job {}",
+            row.id
+        );
+        assert_eq!(row.started_at.is_some(), status == Status::Running);
+    }
+    assert!(
+        store
+            .mark_started("w", &[])
+            .await
+            .expect("start")
+            .is_empty()
+    );
+    assert_eq!(store.release("w", Some(&[])).await.expect("release"), 0);
+}
+
 async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
     let store = db.store().await;
     let id = store
@@ -376,9 +443,13 @@ async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
         .claim(&jobsd::store::Claim::new("w", 1, false))
         .await
         .expect("claim");
-    assert!(store.mark_started(id, "w").await.expect("start"));
+    assert_eq!(store.mark_started("w", &[id]).await.expect("start"), [id]);
     assert!(
-        !store.mark_started(id, "w").await.expect("start"),
+        store
+            .mark_started("w", &[id])
+            .await
+            .expect("start")
+            .is_empty(),
         "started once"
     );
     assert!(store.heartbeat(id, "w", None).await.expect("heartbeat"));
@@ -436,7 +507,10 @@ async fn release_gives_jobs_back_without_using_an_attempt(db: TestDb) {
         .claim(&jobsd::store::Claim::new("other", 1, false))
         .await
         .expect("claim");
-    assert!(store.mark_started(running, "w").await.expect("start"));
+    assert_eq!(
+        store.mark_started("w", &[running]).await.expect("start"),
+        [running]
+    );
     assert_eq!(store.release("w", None).await.expect("release"), 2);
     for row in db.rows(&store, &[running, queued]).await {
         assert_eq!(
@@ -493,7 +567,11 @@ async fn a_claim_can_start_what_it_claims(db: TestDb) {
         );
     }
     assert!(
-        !store.mark_started(ids[0], "w").await.expect("start"),
+        store
+            .mark_started("w", &[ids[0]])
+            .await
+            .expect("start")
+            .is_empty(),
         "started once"
     );
     assert_eq!(db.rows(&store, &ids[2..]).await[0].status, Status::New);

@@ -372,7 +372,7 @@ async fn a_job_keeps_its_key_through_retry_pause_resume_release_and_requeue(db: 
         .expect("claim");
     assert_eq!(claimed.len(), 1);
     holds_key(&db, &store, id, Status::Queued, 0).await;
-    assert!(store.mark_started(id, "w").await.expect("start"));
+    assert_eq!(store.mark_started("w", &[id]).await.expect("start"), [id]);
     holds_key(&db, &store, id, Status::Running, 1).await;
 
     // The first attempt fails, and attempts remain: back to NEW.
@@ -428,7 +428,7 @@ async fn a_job_keeps_its_key_through_retry_pause_resume_release_and_requeue(db: 
     };
     assert_eq!(store.resume(&resume).await.expect("resume"), Resumed::Yes);
     holds_key(&db, &store, id, Status::Running, 2).await;
-    assert_eq!(store.release("w", Some(id)).await.expect("release"), 1);
+    assert_eq!(store.release("w", Some(&[id])).await.expect("release"), 1);
     holds_key(&db, &store, id, Status::New, 1).await;
 
     start(&store, id).await;
