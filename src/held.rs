@@ -111,6 +111,9 @@ pub(crate) struct Slots {
     ahead: AtomicUsize,
     /// The mean run time in seconds, moving (an `f64`'s bits); 0 until a job has run.
     mean_run: AtomicU64,
+    /// Claimed jobs waiting for a consumer: while any does, no job is claimed for a free
+    /// consumer ahead of them, so jobs start in the order they were claimed.
+    waiting: AtomicUsize,
     /// Set by the new-jobs publisher when its last pass could have claimed more than it had
     /// room for; read when a place frees, to wake it.
     backlog: AtomicBool,
@@ -130,6 +133,7 @@ impl Slots {
             prefetch,
             ahead: AtomicUsize::new(0),
             mean_run: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
             backlog: AtomicBool::new(false),
             held_back: AtomicBool::new(false),
             wake,
@@ -168,9 +172,12 @@ impl Slots {
         self.ahead.store(ahead, Ordering::Relaxed);
     }
 
-    /// Up to `at_most` free consumers, for jobs to start as they are claimed. A consumer the
-    /// pool is waiting for goes to the pool, never here: jobs claimed earlier start first.
+    /// Up to `at_most` free consumers, for jobs to start as they are claimed; none while
+    /// jobs claimed earlier wait for one, as they start first.
     pub fn take_run(&self, at_most: usize) -> Vec<OwnedSemaphorePermit> {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            return Vec::new();
+        }
         take(&self.run, at_most)
     }
 
@@ -238,6 +245,8 @@ fn take(semaphore: &Arc<Semaphore>, at_most: usize) -> Vec<OwnedSemaphorePermit>
 struct Permits {
     room: Option<OwnedSemaphorePermit>,
     run: Option<OwnedSemaphorePermit>,
+    /// Counted in [`Slots::waiting`]: claimed without a consumer, and given none yet.
+    waiting: bool,
 }
 
 /// A claimed job as this replica holds it, from the claim until its run ends: its entry in
@@ -276,13 +285,20 @@ impl HeldJob {
 
     /// Holds `consumer` for the job's start.
     pub fn take_consumer(&self, consumer: OwnedSemaphorePermit) {
-        self.lock_permits().run = Some(consumer);
+        let mut permits = self.lock_permits();
+        permits.run = Some(consumer);
+        if std::mem::take(&mut permits.waiting) {
+            self.held.slots.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Frees the job's place and consumer, if it holds them, and wakes the new-jobs publisher
     /// if work waits: a paused job takes up neither.
     pub fn give_up_slot(&self) {
         let permits = std::mem::take(&mut *self.lock_permits());
+        if permits.waiting {
+            self.held.slots.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         if permits.room.is_some() {
             drop(permits);
             self.held.slots.freed();
@@ -304,8 +320,12 @@ impl HeldJob {
             Permits {
                 room: Some(room),
                 run: Some(run),
+                waiting: false,
             },
         );
+        if before.waiting {
+            slots.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         if before.room.is_some() {
             // It held a place already; the one it let go of is free now.
             drop(before);
@@ -410,6 +430,10 @@ impl Held {
             pause: Arc::clone(&pause),
         };
         self.lock().insert(id, entry);
+        let waiting = run.is_none();
+        if waiting {
+            self.slots.waiting.fetch_add(1, Ordering::SeqCst);
+        }
         HeldJob {
             id,
             held: Arc::clone(self),
@@ -422,6 +446,7 @@ impl Held {
             permits: Mutex::new(Permits {
                 room: Some(room),
                 run,
+                waiting,
             }),
             handed_over: false,
         }
@@ -683,6 +708,20 @@ mod tests {
             slots.ran(Duration::from_micros(10));
         }
         assert_eq!(slots.take_room().len(), 102, "many do, up to the prefetch");
+    }
+
+    #[test]
+    fn no_consumer_is_taken_for_a_new_claim_while_an_earlier_one_waits() {
+        let (held, _) = held(2);
+        let waiting = claim(&held, 7);
+        assert!(held.slots.take_run(2).is_empty(), "job 7 starts first");
+        let consumer = held.slots.try_run().expect("a free consumer");
+        waiting.take_consumer(consumer);
+        assert_eq!(held.slots.take_run(2).len(), 1, "job 7 has its consumer");
+        let dropped = claim(&held, 8);
+        assert!(held.slots.take_run(2).is_empty());
+        drop(dropped);
+        assert_eq!(held.slots.take_run(2).len(), 1, "job 8 waits no more");
     }
 
     #[test]
