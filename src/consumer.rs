@@ -334,7 +334,8 @@ impl Pool {
         };
         let ctx = match JobContext::new(job, Arc::clone(&self.replica), held) {
             Ok(ctx) => ctx,
-            Err((Permanent(reason), held)) => {
+            Err(unfit) => {
+                let (Permanent(reason), held) = *unfit;
                 return (Run::Ended(Outcome::Failed { reason }), held);
             }
         };

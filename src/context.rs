@@ -56,10 +56,10 @@ impl JobContext {
         job: ClaimedJob,
         replica: Arc<Replica>,
         held: HeldJob,
-    ) -> Result<Self, (Permanent, HeldJob)> {
+    ) -> Result<Self, Box<(Permanent, HeldJob)>> {
         let (payload, progress) = match parse(&job) {
             Ok(parsed) => parsed,
-            Err(reason) => return Err((reason, held)),
+            Err(reason) => return Err(Box::new((reason, held))),
         };
         Ok(JobContext {
             job,
