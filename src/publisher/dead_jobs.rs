@@ -60,7 +60,8 @@ impl DeadJobs {
             State::Releasing,
         ]);
         if !waiting.is_empty() {
-            store.touch(worker, &waiting).await?;
+            // A sign younger than a quarter of the lease lasts until a later pass renews it.
+            store.touch(worker, &waiting, self.dead_after / 4).await?;
         }
         let running = held.ids(&[State::Running, State::Paused]);
         for id in store.lost(worker, &running).await? {

@@ -117,7 +117,11 @@ pub trait Lifecycle: Send + Sync {
     /// Refreshes the sign of life of this worker's jobs `ids` that no handler speaks for
     /// (QUEUED in its channel, PAUSED in its memory, or RUNNING with the outcome about to be
     /// written), so that a live replica's jobs are never mistaken for those of a dead one.
-    async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64>;
+    /// Only signs older than `older_than` are renewed: a job claimed, started or touched since
+    /// is left alone, which spares the write, and the lock a job's own start or outcome is
+    /// taking at the same moment (two statements locking the same rows in different orders
+    /// deadlock).
+    async fn touch(&self, worker: &str, ids: &[i64], older_than: Duration) -> Result<u64>;
 
     /// Of the jobs this worker is running or holds paused, those that are no longer so.
     async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>>;

@@ -214,11 +214,11 @@ macro_rules! shared_duties {
                 self.change(|| Sql::<$db>::release(worker, ids)).await
             }
 
-            async fn touch(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+            async fn touch(&self, worker: &str, ids: &[i64], older_than: Duration) -> Result<u64> {
                 if ids.is_empty() {
                     return Ok(0);
                 }
-                self.change(|| Sql::<$db>::touch(worker, ids)).await
+                self.change(|| Sql::<$db>::touch(worker, ids, older_than)).await
             }
 
             async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>> {

@@ -275,14 +275,17 @@ where
     }
 
     /// [`Store::touch`](super::Store::touch): a sign of life of `worker`'s waiting jobs `ids`
-    /// (never empty).
-    pub fn touch(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
+    /// (never empty) whose last one is older than `older_than`.
+    pub fn touch(worker: &str, ids: &[i64], older_than: Duration) -> QueryBuilder<'a, DB> {
+        let clock = Clock::now();
         let mut query = QueryBuilder::new("UPDATE jobs SET heartbeat_at = ");
-        DB::push_now(&mut query, Clock::now());
+        DB::push_now(&mut query, clock);
         query.push(" WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') AND worker = ");
         query.push_bind(worker.to_owned());
         query.push(" AND id ");
         DB::push_in_ids(&mut query, ids);
+        query.push(format_args!(" AND {LAST_SIGN} < "));
+        DB::push_shifted(&mut query, clock, older_than, false);
         query
     }
 
