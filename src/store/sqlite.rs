@@ -192,15 +192,12 @@ impl Backend for Sqlite {
             .await
     }
 
+    // A transaction's pages stay in the daemon's own memory until it commits: a smaller batch.
+    const IMPORT_BYTES: usize = 1024 * 1024;
+
     async fn insert_rows(connection: &mut SqliteConnection, batch: &ImportBatch<'_>) -> Result<()> {
         // SQLite takes up to 32766 parameters per statement.
-        for mut insert in inserts(
-            batch.table,
-            batch.columns,
-            batch.rows,
-            double_quoted,
-            32_000,
-        ) {
+        for mut insert in inserts(batch, double_quoted, 1000, 32_000) {
             insert.build().execute(&mut *connection).await?;
         }
         Ok(())
