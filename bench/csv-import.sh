@@ -8,8 +8,9 @@
 #      peak resident set (VmHWM);
 #   2. imports it into table `big_crash`, kill -9s the daemon part-way, starts it again, prints
 #      its peak resident set and checks that every row arrived exactly once;
-#   3. on PostgreSQL, times `psql \copy` of the same file into `big_copy`, a fresh table of the
-#      same shape, and prints the import rate over \copy's.
+#   3. on PostgreSQL, times `psql \copy` of the same file into a fresh table of the same shape,
+#      once before step 1 and once after step 2 (the machine's load drifts), and prints the
+#      import rate over their mean.
 #
 #   [DATABASE_URL=URL] bench/csv-import.sh [SIZE_MB]
 #
@@ -150,6 +151,18 @@ run_until() {
 }
 stop() { kill "-$1" "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
+# PostgreSQL's own loader on the same file, into a fresh table of the same shape; its time (s).
+copy_time() {
+  local start end
+  sql "CREATE TABLE $1 $shape" >/dev/null
+  start=$(date +%s.%N)
+  sql "\\copy $1 (id, amount, note) FROM 'big.csv' WITH (FORMAT csv, HEADER)" >/dev/null
+  end=$(date +%s.%N)
+  [[ $(sql "SELECT COUNT(*) FROM $1") == "$rows" ]] || die "psql \\copy did not load every row"
+  awk -v s="$start" -v e="$end" 'BEGIN { print e - s }'
+}
+[[ $dialect == postgres ]] && copy_before=$(copy_time big_copy_before)
+
 # 1. The rate, one run from start to end.
 queue_import big
 run_until $(( rows + 1 )); stop TERM
@@ -175,15 +188,10 @@ if [[ $count == "$rows" && $distinct == "$rows" && $in_table == "$at_kill" ]]; t
 else
   die "exactly once: NO"
 fi
+[[ $dialect == postgres ]] && copy_after=$(copy_time big_copy_after)
 
-# 3. PostgreSQL's own loader on the same file, into a fresh table of the same shape.
 if [[ $dialect == postgres ]]; then
-  sql "CREATE TABLE big_copy $shape" >/dev/null
-  start=$(date +%s.%N)
-  sql "\\copy big_copy (id, amount, note) FROM 'big.csv' WITH (FORMAT csv, HEADER)" >/dev/null
-  end=$(date +%s.%N)
-  [[ $(sql "SELECT COUNT(*) FROM big_copy") == "$rows" ]] || die "psql \\copy did not load every row"
-  copy_rate=$(awk -v n="$rows" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", n / (e - s) }')
-  echo "psql \\copy: $copy_rate rows/s"
-  awk -v a="$rate" -v b="$copy_rate" 'BEGIN { printf "csv_import / psql \\copy: %.2f\n", a / b }'
+  awk -v n="$rows" -v a="$copy_before" -v b="$copy_after" -v r="$rate" 'BEGIN {
+    printf "psql \\copy: %.0f rows/s before, %.0f rows/s after\n", n / a, n / b
+    printf "csv_import / psql \\copy: %.2f\n", r / (n / ((a + b) / 2)) }'
 fi
