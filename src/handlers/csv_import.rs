@@ -1,31 +1,32 @@
 //! Kind `csv_import` `{"path": …, "table": …}`: streams a CSV file (first line: column names)
 //! into an allow-listed table, a batch at a time. Each batch and the checkpoint that counts it
 //! commit in one transaction, so a run after a crash, a shutdown or a retry skips exactly the
-//! rows already imported: none twice, none lost. Memory holds one batch, whatever the file size,
-//! and a batch is bounded in bytes as well as rows, since one line of a file can be long: a line
-//! longer than [`MAX_RECORD_BYTES`] fails the job before the reader has buffered much more.
+//! rows already imported: none twice, none lost. Memory holds two batches, whatever the file
+//! size: one read from the file while the database writes the other, in buffers kept from batch
+//! to batch. A batch is bounded in bytes, which the store sets (each batch is a transaction,
+//! and how large one must be before more stops paying differs by database), and not in rows,
+//! since one line of a file can be long: a line longer than [`MAX_RECORD_BYTES`] fails the job
+//! before the reader has buffered much more.
 
 use std::fs::File;
 use std::io::{self, Read};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 
 use super::files::CsvSettings;
 use super::files::{CsvPath, column, table_columns};
 use super::{Handler, Permanent};
 use crate::context::JobContext;
-use crate::store::{ImportBatch, TextRow};
-
-/// Rows per transaction, at most.
-const BATCH_ROWS: usize = 1000;
-
-/// Field bytes after which a batch goes to the database, whatever its row count: with the line
-/// that crossed it, a batch holds little more than twice [`MAX_RECORD_BYTES`].
-const BATCH_BYTES: usize = 1024 * 1024;
+use crate::store::ImportBatch;
 
 /// The longest line (CSV record) of a file to import, header included.
 pub(crate) const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+
+/// What a field costs a batch beside its text: where it ends in the batch's buffer, and its
+/// place in the list handed to the store.
+const FIELD_BYTES: usize = size_of::<usize>() + size_of::<Option<&str>>();
 
 /// What the CSV reader reads ahead of the record it parses.
 const READ_BUFFER: usize = 64 * 1024;
@@ -60,26 +61,33 @@ impl Handler for CsvImport {
         let known = table_columns(ctx, table).await?;
         let mut imported = ctx.progress_as::<Imported>()?.unwrap_or_default().rows;
         // Skipping what an earlier run imported reads the file that far: the job stays alive.
-        let (mut source, header) = ctx
+        let (source, header) = ctx
             .beating(run_blocking(move || Source::open(path, imported)))
             .await??;
         let columns = header
             .iter()
             .map(|name| column(name, &known, table).map(str::to_owned))
             .collect::<Result<Vec<_>, _>>()?;
+        // Past this many bytes a batch goes to the database: with the line that crossed it, a
+        // batch holds little more than that and [`MAX_RECORD_BYTES`].
+        let bytes = ctx.store().import_bytes();
+        let mut reading = read_next(source, Batch::default(), bytes);
+        // Two batches take turns, one read while the other is written, their buffers kept:
+        // the import's memory stays what its first two batches took.
+        let mut spare = Batch::default();
         loop {
-            let batch;
-            (source, batch) = run_blocking(move || source.next(BATCH_ROWS, BATCH_BYTES)).await?;
+            let (source, batch) = reading.await?;
             let batch = batch?;
-            if batch.is_empty() {
+            if batch.rows == 0 {
                 return Ok(());
             }
-            imported += u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            imported += u64::try_from(batch.rows).unwrap_or(u64::MAX);
             let progress = serde_json::to_string(&Imported {
                 rows: imported,
                 bytes: source.reader.position().byte(),
                 size: source.size,
             })?;
+            reading = read_next(source, spare, bytes);
             let store = ctx.store();
             let ours = store
                 .import_batch(&ImportBatch {
@@ -87,10 +95,11 @@ impl Handler for CsvImport {
                     worker: ctx.worker(),
                     table,
                     columns: &columns,
-                    rows: &batch,
+                    fields: &batch.fields(),
                     progress: &progress,
                 })
                 .await?;
+            spare = batch;
             ctx.checkpointed(ours).await;
         }
     }
@@ -198,20 +207,19 @@ impl Source {
         Permanent::new(format!("cannot read {}: {error}", self.path.shown()))
     }
 
-    /// Up to `count` more rows, and not many more than `bytes` of fields; an empty field is NULL.
-    fn next(mut self, count: usize, bytes: usize) -> (Source, Result<Vec<TextRow>, Permanent>) {
-        let mut rows = Vec::with_capacity(count);
+    /// The next rows, not many more than `bytes` of memory, in `batch`'s buffer.
+    fn next(mut self, mut batch: Batch, bytes: usize) -> (Source, Result<Batch, Permanent>) {
+        batch.text.clear();
+        batch.rows = 0;
         let mut size = 0;
-        while rows.len() < count && size < bytes {
+        while size < bytes {
             match self.advance() {
                 Ok(true) => {
-                    size += self.record.as_slice().len();
-                    rows.push(
-                        self.record
-                            .iter()
-                            .map(|field| (!field.is_empty()).then(|| field.to_owned()))
-                            .collect(),
-                    );
+                    size += self.record.as_slice().len() + self.record.len() * FIELD_BYTES;
+                    for field in &self.record {
+                        batch.text.push_field(field);
+                    }
+                    batch.rows += 1;
                 }
                 Ok(false) => break,
                 Err(error) => {
@@ -220,8 +228,36 @@ impl Source {
                 }
             }
         }
-        (self, Ok(rows))
+        (self, Ok(batch))
     }
+}
+
+/// Rows read from the file: all their fields in one record, row after row. One buffer a batch
+/// rather than one a field: a batch of short fields costs little more than its text.
+#[derive(Debug, Default)]
+struct Batch {
+    text: csv::StringRecord,
+    rows: usize,
+}
+
+impl Batch {
+    /// The fields as the store takes them: an empty field is NULL.
+    fn fields(&self) -> Vec<Option<&str>> {
+        self.text
+            .iter()
+            .map(|field| (!field.is_empty()).then_some(field))
+            .collect()
+    }
+}
+
+/// The next batch of `source`, read on a blocking thread. A handler that stops meanwhile drops
+/// the handle: the read ends with its batch, and the file is closed.
+fn read_next(
+    source: Source,
+    batch: Batch,
+    bytes: usize,
+) -> JoinHandle<(Source, Result<Batch, Permanent>)> {
+    tokio::task::spawn_blocking(move || source.next(batch, bytes))
 }
 
 /// Runs file work off the async threads.
@@ -234,6 +270,8 @@ async fn run_blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BATCH: usize = 4 * 1024 * 1024;
 
     fn source_of(text: &[u8]) -> (Source, Vec<String>) {
         let folder = tempfile::tempdir().unwrap();
@@ -251,12 +289,12 @@ mod tests {
         let at_limit = "x".repeat(usize::try_from(MAX_RECORD_BYTES).unwrap() - 1);
         let (source, header) = source_of(format!("a\n{at_limit}\nshort\n").as_bytes());
         assert_eq!(header, ["a"]);
-        let (_, rows) = source.next(10, BATCH_BYTES);
-        assert_eq!(rows.unwrap().len(), 2);
+        let (_, batch) = source.next(Batch::default(), BATCH);
+        assert_eq!(batch.unwrap().rows, 2);
 
         let over = "x".repeat(usize::try_from(MAX_RECORD_BYTES).unwrap());
         let (source, _) = source_of(format!("a\nshort\n{over}\n").as_bytes());
-        let (_, rows) = source.next(10, BATCH_BYTES);
+        let (_, rows) = source.next(Batch::default(), BATCH);
         let reason = rows.unwrap_err().to_string();
         assert!(reason.contains("longer than 1048576 bytes"), "{reason}");
     }
@@ -267,7 +305,7 @@ mod tests {
         let mut text = b"a\n\"".to_vec();
         text.resize(8 * 1024 * 1024, b'x');
         let (source, _) = source_of(&text);
-        let (source, rows) = source.next(10, BATCH_BYTES);
+        let (source, rows) = source.next(Batch::default(), BATCH);
         let reason = rows.unwrap_err().to_string();
         assert!(reason.contains("longer than"), "{reason}");
         assert!(source.reader.get_ref().read < 2 * MAX_RECORD_BYTES);

@@ -26,7 +26,9 @@ pub struct ImportBatch<'a> {
     /// An allow-listed table, and the columns the rows fill, in order.
     pub table: &'a str,
     pub columns: &'a [String],
-    pub rows: &'a [TextRow],
+    /// The rows' fields, row after row, as many to a row as there are `columns`: NULL for
+    /// `None`, else text the database converts to its column's type.
+    pub fields: &'a [Option<&'a str>],
     /// The job's checkpoint once the batch is in (JSON).
     pub progress: &'a str,
 }
@@ -53,36 +55,82 @@ pub(super) fn column_list(names: &[String], quote: Quote) -> String {
         .join(", ")
 }
 
-/// `INSERT INTO table (columns) VALUES (?, …), …` for `rows`, in as many statements as a limit
-/// of `max_params` bound parameters needs, for dialects that take text for any column type.
+impl<'a> ImportBatch<'a> {
+    /// The rows, each its fields in `columns` order.
+    pub(super) fn rows(&self) -> std::slice::Chunks<'a, Option<&'a str>> {
+        self.fields.chunks(self.columns.len().max(1))
+    }
+}
+
+/// `INSERT INTO table (columns) VALUES (?, …), …` for the batch's rows, `per_statement` rows
+/// a statement at most, and fewer if a limit of `max_params` bound parameters needs it, for
+/// dialects that take text for any column type.
 pub(super) fn inserts<'a, DB>(
-    table: &str,
-    columns: &[String],
-    rows: &'a [TextRow],
+    batch: &ImportBatch<'a>,
     quote: Quote,
+    per_statement: usize,
     max_params: usize,
-) -> Vec<sqlx::QueryBuilder<'a, DB>>
+) -> impl Iterator<Item = sqlx::QueryBuilder<'a, DB>> + 'a
 where
     DB: sqlx::Database,
     Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    let per_statement = (max_params / columns.len().max(1)).clamp(1, 1000);
+    let width = batch.columns.len().max(1);
+    let per_statement = per_statement.min(max_params / width).max(1);
     let head = format!(
         "INSERT INTO {} ({}) ",
-        quote(table),
-        column_list(columns, quote)
+        quote(batch.table),
+        column_list(batch.columns, quote)
     );
-    rows.chunks(per_statement)
-        .map(|chunk| {
-            let mut insert = sqlx::QueryBuilder::new(head.clone());
-            insert.push_values(chunk, |mut values, row| {
+    // Each statement is built when the one before has run: one statement's text in memory.
+    batch
+        .fields
+        .chunks(per_statement * width)
+        .map(move |chunk| {
+            let mut insert = sqlx::QueryBuilder::new(&head);
+            insert.push_values(chunk.chunks(width), |mut values, row| {
                 for value in row {
-                    values.push_bind(value.as_deref());
+                    values.push_bind(*value);
                 }
             });
             insert
         })
-        .collect()
+}
+
+/// Rows as CSV for PostgreSQL's `COPY … FROM STDIN (FORMAT csv, FORCE_NULL …)`, in pieces of
+/// about `piece_bytes`, encoded as they are sent: the batch is not held twice. Every field is
+/// quoted, so that no text can read as NULL or as the end of the data (`\.`), and quotes,
+/// commas, line breaks and backslashes inside stay data; NULL is the empty quoted field, which
+/// FORCE_NULL reads as NULL. An empty string would read as NULL too: `csv_import`, which reads
+/// every empty field as NULL, never has one.
+pub(super) fn copy_csv<'a>(
+    rows: impl Iterator<Item = &'a [Option<&'a str>]> + 'a,
+    piece_bytes: usize,
+) -> impl Iterator<Item = Result<Vec<u8>>> + 'a {
+    let mut rows = rows.peekable();
+    std::iter::from_fn(move || {
+        rows.peek()?;
+        let mut writer = csv::WriterBuilder::new()
+            .quote_style(csv::QuoteStyle::Always)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::with_capacity(piece_bytes + piece_bytes / 8));
+        while writer.get_ref().len() < piece_bytes {
+            let Some(row) = rows.next() else { break };
+            let fields = row.iter().map(|field| field.unwrap_or(""));
+            // Flushed record by record, so that the piece's length is known.
+            if let Err(error) = writer
+                .write_record(fields)
+                .and_then(|()| Ok(writer.flush()?))
+            {
+                return Some(Err(sqlx::Error::Encode(Box::new(error))));
+            }
+        }
+        Some(
+            writer
+                .into_inner()
+                .map_err(|error| sqlx::Error::Encode(Box::new(error.into_error()))),
+        )
+    })
 }
 
 /// The dialect's spellings an export query needs: identifier quoting, text type, and the two
@@ -151,6 +199,65 @@ mod tests {
         ] {
             assert!(!is_identifier(bad), "{bad}");
         }
+    }
+
+    /// Reads `copy_csv`'s output back as PostgreSQL's CSV mode does: a quoted empty field
+    /// (FORCE_NULL) is NULL.
+    fn read_back(pieces: &[Vec<u8>]) -> Vec<TextRow> {
+        let text: Vec<u8> = pieces.concat();
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_slice());
+        reader
+            .records()
+            .map(|record| {
+                let record = record.unwrap();
+                record
+                    .iter()
+                    .map(|field| (!field.is_empty()).then(|| field.to_owned()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn copy_csv_quotes_every_field_and_keeps_nulls() {
+        let hostile = [
+            "a,b",
+            "say \"hi\"",
+            "two\nlines\r\n",
+            "back\\slash",
+            "\\N",
+            "\\.",
+            "NULL",
+            "naïve ✓ 日本",
+            " padded ",
+            "nul\0byte",
+        ];
+        let rows: Vec<TextRow> = hostile
+            .iter()
+            .map(|text| vec![Some((*text).to_owned()), None, Some("x".to_owned())])
+            .chain([vec![None, None, None]])
+            .collect();
+        let fields: Vec<Vec<Option<&str>>> = rows
+            .iter()
+            .map(|row| row.iter().map(Option::as_deref).collect())
+            .collect();
+        let encode = |piece_bytes| -> Vec<Vec<u8>> {
+            copy_csv(fields.iter().map(Vec::as_slice), piece_bytes)
+                .map(Result::unwrap)
+                .collect()
+        };
+        let pieces = encode(1);
+        assert_eq!(pieces.len(), rows.len(), "a piece a row");
+        assert!(encode(40).len() < rows.len(), "rows share pieces");
+        assert_eq!(encode(1 << 20).len(), 1);
+        let text = String::from_utf8(pieces.concat()).unwrap();
+        assert!(text.starts_with("\"a,b\",\"\",\"x\"\n"), "{text}");
+        assert!(text.contains("\"\\.\""), "the end marker is quoted: {text}");
+        assert!(text.ends_with("\"\",\"\",\"\"\n"), "{text}");
+        assert_eq!(read_back(&pieces), rows);
+        assert_eq!(copy_csv(std::iter::empty(), 16).count(), 0);
     }
 
     #[test]

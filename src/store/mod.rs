@@ -239,6 +239,10 @@ pub trait Files: Send + Sync {
     /// any character the database allows: every query quotes it.
     async fn columns(&self, table: &str) -> Result<Vec<String>>;
 
+    /// The memory an import batch should take (its text, and a few words a field): each batch
+    /// costs a transaction, so a larger one is faster, up to a size that differs by database.
+    fn import_bytes(&self) -> usize;
+
     /// In one transaction: inserts the batch's rows (NULL for `None`, else text the database
     /// converts to each column's type) and records its `progress` as the job's checkpoint.
     /// Nothing is written, and `false` returned, if the job is no longer RUNNING on its worker:

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
-use super::files::{ExportDialect, column_list, double_quoted};
+use super::files::{ExportDialect, column_list, copy_csv, double_quoted};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
 use super::{
@@ -27,6 +27,9 @@ const CONTROL_CHANNEL: &str = "jobsd_control";
 
 /// The channel the migration's trigger notifies when the `queues` table changes.
 const QUEUES_CHANNEL: &str = "jobsd_queues";
+
+/// The CSV an import batch sends at a time: the batch's rows are encoded as they go.
+const COPY_PIECE_BYTES: usize = 64 * 1024;
 
 /// Text casts and `$n` bounds.
 const EXPORT: ExportDialect = ExportDialect {
@@ -161,34 +164,26 @@ impl Backend for Postgres {
         .await
     }
 
+    // Batches of 4 MiB (34,000 rows of 52 bytes) imported 1.3 to 2 times as fast as batches
+    // of 1 MiB (bench/csv-import.sh): a transaction costs round trips and a flush to disk.
+    const IMPORT_BYTES: usize = 4 * 1024 * 1024;
+
     async fn insert_rows(connection: &mut PgConnection, batch: &ImportBatch<'_>) -> Result<()> {
-        let ImportBatch {
-            table,
-            columns,
-            rows,
-            ..
-        } = *batch;
-        // One parameter for the whole batch: json_populate_recordset reads each text field with
-        // its column type's input function, as COPY would.
+        let ImportBatch { table, columns, .. } = *batch;
+        // COPY, PostgreSQL's own loader, on the transaction's connection: each text field is read
+        // with its column type's input function, and the batch commits with its checkpoint.
         let list = column_list(columns, double_quoted);
-        let table = double_quoted(table);
-        let sql = format!(
-            "INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, $1::json)"
+        let statement = format!(
+            "COPY {} ({list}) FROM STDIN WITH (FORMAT csv, FORCE_NULL ({list}))",
+            double_quoted(table)
         );
-        let records: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|row| {
-                let fields = columns
-                    .iter()
-                    .cloned()
-                    .zip(row.iter().cloned().map(serde_json::Value::from));
-                serde_json::Value::Object(fields.collect())
-            })
-            .collect();
-        sqlx::query(&sql)
-            .bind(serde_json::Value::Array(records).to_string())
-            .execute(connection)
-            .await?;
+        let mut copy = connection.copy_in_raw(&statement).await?;
+        for piece in copy_csv(batch.rows(), COPY_PIECE_BYTES) {
+            // An error drops `copy`, which tells the server to give the COPY up.
+            copy.send(piece?).await?;
+        }
+        // A value the column refuses is reported here, and the transaction rolls back whole.
+        copy.finish().await?;
         Ok(())
     }
 

@@ -46,6 +46,10 @@ pub(super) trait Backend: Dialect {
         pool.begin().await
     }
 
+    /// [`super::Files::import_bytes`]: the batch past which a larger one no longer imports
+    /// faster here.
+    const IMPORT_BYTES: usize;
+
     /// Inserts an import batch's rows ([`super::Files::import_batch`] records the checkpoint
     /// in the same transaction).
     async fn insert_rows(connection: &mut Self::Connection, batch: &ImportBatch<'_>) -> Result<()>;
@@ -444,6 +448,10 @@ macro_rules! shared_duties {
         impl Files for SqlStore<$db> {
             async fn columns(&self, table: &str) -> Result<Vec<String>> {
                 <$db as Backend>::columns(&self.pool, table).await
+            }
+
+            fn import_bytes(&self) -> usize {
+                <$db as Backend>::IMPORT_BYTES
             }
 
             async fn import_batch(&self, batch: &ImportBatch<'_>) -> Result<bool> {

@@ -22,6 +22,7 @@ crate::on_every_backend!(
     crafted_column_names_run_no_sql,
     csv_import_refuses_an_oversize_line,
     csv_export_stays_alive_through_a_slow_query,
+    csv_import_keeps_every_field_as_written,
 );
 
 /// The `orders` table in this backend's types.
@@ -743,4 +744,155 @@ async fn csv_export_stays_alive_through_a_slow_query(db: TestDb) {
     }
     let written = std::fs::read_to_string(folder.path().join("slow.csv")).expect("export");
     assert_eq!(written.lines().count(), 2, "{written}");
+}
+
+/// The notes of `orders` by id, read back as text.
+async fn notes(db: &TestDb) -> Vec<(i64, Option<String>)> {
+    use sqlx::Row as _;
+    let pool = db.sql().await;
+    let rows = sqlx::query("SELECT id, note FROM orders ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("notes");
+    pool.close().await;
+    rows.iter()
+        .map(|row| {
+            let id: i64 = row.get(0);
+            // MySQL's TEXT reaches the generic driver as bytes.
+            let note = match db.backend {
+                Backend::Mysql => row
+                    .get::<Option<Vec<u8>>, _>(1)
+                    .map(|bytes| String::from_utf8(bytes).expect("UTF-8")),
+                _ => row.get(1),
+            };
+            (id, note)
+        })
+        .collect()
+}
+
+async fn csv_import_keeps_every_field_as_written(db: TestDb) {
+    create_orders(&db).await;
+    let folder = tempfile::tempdir().expect("folder");
+    // Longer than a piece of a COPY, with quotes and line breaks across; short enough for a
+    // MySQL TEXT.
+    let long = "\"q\",\n\\".repeat(10_000);
+    // (the note as the file spells it, the note the table must hold); an empty field, quoted or
+    // not, is NULL.
+    let cases: Vec<(String, Option<String>)> = [
+        ("\"with, comma\"", Some("with, comma")),
+        ("\"say \"\"hi\"\"\"", Some("say \"hi\"")),
+        ("\"a\\\"\"b\"", Some("a\\\"b")),
+        ("\"two\nlines\"", Some("two\nlines")),
+        ("\"crlf\r\nkept\"", Some("crlf\r\nkept")),
+        ("back\\slash\\", Some("back\\slash\\")),
+        ("\\N", Some("\\N")),
+        ("\"\\N\"", Some("\\N")),
+        ("\\.", Some("\\.")),
+        ("\"\\.\"", Some("\\.")),
+        ("NULL", Some("NULL")),
+        ("'single'", Some("'single'")),
+        ("tab\there", Some("tab\there")),
+        ("naïve ✓ 日本語 🦀", Some("naïve ✓ 日本語 🦀")),
+        (" padded ", Some(" padded ")),
+        ("", None),
+        ("\"\"", None),
+    ]
+    .into_iter()
+    .map(|(spelled, kept)| (spelled.to_owned(), kept.map(str::to_owned)))
+    .chain([(
+        format!("\"{}\"", long.replace('"', "\"\"")),
+        Some(long.clone()),
+    )])
+    .collect();
+    let mut text = String::from("id,amount,day,note\n");
+    for (id, (spelled, _)) in (1..).zip(&cases) {
+        writeln!(text, "{id},{id},,{spelled}").expect("write");
+    }
+    // Rows after the hostile ones, so that they share batches with plain rows.
+    for id in 1000..4000 {
+        writeln!(text, "{id},{id},2018-07-01,\"plain, \"\"{id}\"\"\"").expect("write");
+    }
+    std::fs::write(folder.path().join("hostile.csv"), text).expect("write");
+    // A value the column refuses, after good rows of its batch.
+    std::fs::write(
+        folder.path().join("refused.csv"),
+        "id,amount,day,note\n5001,5001,,fine\n5002,5002,,fine\n5003,a lot,,fine\n5004,5004,,fine\n",
+    )
+    .expect("write");
+    // A NUL byte: PostgreSQL's text cannot hold one, the other databases keep it.
+    std::fs::write(
+        folder.path().join("nul.csv"),
+        "id,amount,day,note\n6001,6001,,a\0b\n",
+    )
+    .expect("write");
+
+    let payload = |path: &str| serde_json::json!({"path": path, "table": "orders"});
+    let rows = run_all(
+        &db,
+        folder.path(),
+        "csv_import",
+        &[
+            payload("hostile.csv"),
+            payload("refused.csv"),
+            payload("nul.csv"),
+        ],
+    )
+    .await;
+    assert_eq!(rows[0].status, Status::Done, "{:?}", rows[0]);
+    let reason = failed_with(&rows[1], "").to_lowercase();
+    assert!(reason.contains("integer"), "{reason}");
+    let nul_kept = db.backend != Backend::Postgres;
+    if nul_kept {
+        assert_eq!(rows[2].status, Status::Done, "{:?}", rows[2]);
+    } else {
+        failed_with(&rows[2], "0x00");
+    }
+
+    let read = notes(&db).await;
+    let hostile: Vec<(i64, Option<String>)> =
+        read.iter().filter(|(id, _)| *id < 1000).cloned().collect();
+    let expected: Vec<(i64, Option<String>)> = (1..)
+        .zip(cases.iter().map(|(_, kept)| kept.clone()))
+        .collect();
+    for ((id, got), (_, want)) in hostile.iter().zip(&expected) {
+        let shown = |note: &Option<String>| {
+            note.as_ref()
+                .map(|n| n.chars().take(80).collect::<String>())
+        };
+        assert_eq!(
+            got,
+            want,
+            "row {id}: {:?} should be {:?}",
+            shown(got),
+            shown(want)
+        );
+    }
+    assert_eq!(hostile.len(), expected.len());
+    let plain = read.iter().filter(|(id, _)| (1000..4000).contains(id));
+    assert!(
+        plain
+            .clone()
+            .all(|(id, note)| note.as_deref() == Some(&format!("plain, \"{id}\"")[..])),
+        "plain rows as written"
+    );
+    assert_eq!(plain.count(), 3000);
+    assert!(
+        read.iter().all(|(id, _)| !(5000..6000).contains(id)),
+        "nothing of the refused batch"
+    );
+    let nul: Vec<_> = read.iter().filter(|(id, _)| *id == 6001).collect();
+    if nul_kept {
+        assert_eq!(nul, [&(6001, Some("a\0b".to_owned()))]);
+    } else {
+        assert!(nul.is_empty());
+    }
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM orders WHERE day IS NULL AND id < 1000"
+        )
+        .await,
+        i64::try_from(cases.len()).expect("count"),
+        "an empty date is NULL"
+    );
 }
