@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::Publisher;
+use super::{Pass, Publisher};
 use crate::held::{Claimed, Labels, State};
 use crate::job::ClaimedJob;
 use crate::replica::Replica;
@@ -142,11 +142,11 @@ impl NewJobs {
 impl Publisher for NewJobs {
     const NAME: &'static str = "new-jobs";
 
-    async fn run_once(&mut self) -> Result<bool> {
+    async fn run_once(&mut self) -> Result<Pass> {
         let mut slots = self.replica.held.slots.take_free();
         if slots.is_empty() {
             self.replica.held.slots.set_backlog(true);
-            return Ok(false);
+            return Ok(Pass::Idle);
         }
         self.read_queues().await;
         let mut held_back = false;
@@ -171,7 +171,7 @@ impl Publisher for NewJobs {
         self.replica.held.slots.set_held_back(held_back);
         if slots.is_empty() {
             self.replica.held.slots.set_backlog(true);
-            return Ok(false);
+            return Ok(Pass::Found);
         }
         let scope = if self.served.is_empty() {
             Scope::Unlimited
@@ -181,8 +181,9 @@ impl Publisher for NewJobs {
         let wanted = slots.len();
         let jobs = self.replica.store.claim(&self.claim(scope, wanted)).await?;
         let full = jobs.len() == wanted;
+        let pass = Pass::of(jobs.len(), wanted);
         self.replica.held.slots.set_backlog(full);
         self.hand_out(jobs, &mut slots, self.start).await?;
-        Ok(full)
+        Ok(pass)
     }
 }
