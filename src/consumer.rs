@@ -18,6 +18,7 @@ use crate::handlers::{Handlers, Permanent};
 use crate::held::{Claimed, HeldJob, State};
 use crate::job::{ClaimedJob, Outcome, backoff};
 use crate::replica::Replica;
+use crate::store::is_transient;
 
 pub(crate) struct Pool {
     pub replica: Arc<Replica>,
@@ -121,8 +122,8 @@ impl Pool {
                 }
                 batch.push(claimed);
             }
-            let (pool, started) = (Arc::clone(&self), jobs.clone());
-            jobs.spawn(async move { pool.start(batch, &started).await });
+            let (pool, started, stop) = (Arc::clone(&self), jobs.clone(), stop.clone());
+            jobs.spawn(async move { pool.start(batch, &started, &stop).await });
         }
         channel.close();
         let mut back = Vec::new();
@@ -199,7 +200,7 @@ impl Pool {
         // reserved moment, where it would crowd the starts other replicas reserved next: a job
         // the limiter would delay goes back, to be reserved again.
         if due && self.allowed() {
-            self.start(vec![claimed], jobs).await;
+            self.start(vec![claimed], jobs, &stop).await;
         } else {
             if due {
                 tracing::debug!(
@@ -213,17 +214,15 @@ impl Pool {
 
     /// Starts QUEUED jobs, each holding a consumer, in one statement, and runs those it
     /// started, each in a task of its own in `jobs`. One taken back meanwhile (terminated,
-    /// paused) is let go of; if the statement fails, the dead-job sweep gives them back.
-    async fn start(self: Arc<Self>, batch: Vec<Claimed>, jobs: &TaskTracker) {
-        let replica = &self.replica;
+    /// paused) is let go of.
+    async fn start(
+        self: Arc<Self>,
+        batch: Vec<Claimed>,
+        jobs: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
         let ids: Vec<i64> = batch.iter().map(|claimed| claimed.job.id).collect();
-        let mut started = match replica.store.mark_started(&replica.worker, &ids).await {
-            Ok(started) => started,
-            Err(error) => {
-                tracing::warn!(jobs = ids.len(), %error, "could not start jobs; the dead-job sweep will requeue them");
-                Vec::new()
-            }
-        };
+        let mut started = self.mark_started(&ids, stop).await;
         started.sort_unstable();
         for mut claimed in batch {
             if started.binary_search(&claimed.job.id).is_err() {
@@ -236,6 +235,45 @@ impl Pool {
             let pool = Arc::clone(&self);
             jobs.spawn(async move { pool.run_job(claimed).await });
         }
+    }
+
+    /// Which of `ids` the start made RUNNING. A start the database may or may not have
+    /// committed (the connection broke on the way back) is neither run nor dropped: held, and
+    /// so vouched for, the jobs wait until the database answers, and then those RUNNING by this
+    /// worker run (only this replica's start could have made them so) and those still QUEUED
+    /// are started. Dropped, a started job would be taken for dead and cancelled. Shutdown ends
+    /// the wait; its final release gives the jobs back.
+    async fn mark_started(&self, ids: &[i64], stop: &CancellationToken) -> Vec<i64> {
+        let (store, worker) = (&self.replica.store, &self.replica.worker);
+        let mut error = match store.mark_started(worker, ids).await {
+            Ok(started) => return started,
+            Err(error) => error,
+        };
+        let mut wait = Duration::from_millis(100);
+        while is_transient(&error) {
+            tracing::warn!(jobs = ids.len(), %error, retry_in = ?wait, "could not start jobs; trying again");
+            tokio::select! {
+                () = stop.cancelled() => return Vec::new(),
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+            let again = async {
+                store.mark_started(worker, ids).await?;
+                store.lost(worker, ids).await
+            };
+            match again.await {
+                Ok(lost) => {
+                    return ids
+                        .iter()
+                        .copied()
+                        .filter(|id| !lost.contains(id))
+                        .collect();
+                }
+                Err(next) => error = next,
+            }
+        }
+        tracing::warn!(jobs = ids.len(), %error, "could not start jobs; the dead-job sweep will requeue them");
+        Vec::new()
     }
 
     /// Claimed jobs this replica will not start after all go back to NEW for anyone to take.

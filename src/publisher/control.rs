@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Publisher;
+use super::{Pass, Publisher};
 use crate::job::{Control, ControlAction, ControlRequest};
 use crate::replica::Replica;
 use crate::store::{Result, is_transient};
@@ -55,7 +55,7 @@ impl Controls {
 impl Publisher for Controls {
     const NAME: &'static str = "control";
 
-    async fn run_once(&mut self) -> Result<bool> {
+    async fn run_once(&mut self) -> Result<Pass> {
         let replica = &self.replica;
         let requests = replica
             .store
@@ -82,6 +82,6 @@ impl Publisher for Controls {
             Some(last) if full => last.id,
             _ => 0,
         };
-        Ok(full)
+        Ok(Pass::full_if(full))
     }
 }

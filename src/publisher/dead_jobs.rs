@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Publisher;
+use super::{Pass, Publisher};
 use crate::held::State;
 use crate::job::DeadJob;
 use crate::replica::Replica;
@@ -90,7 +90,7 @@ impl DeadJobs {
 impl Publisher for DeadJobs {
     const NAME: &'static str = "dead-jobs";
 
-    async fn run_once(&mut self) -> Result<bool> {
+    async fn run_once(&mut self) -> Result<Pass> {
         let began = Instant::now();
         if let Err(error) = self.vouch().await {
             self.out_of_touch = true;
@@ -118,6 +118,6 @@ impl Publisher for DeadJobs {
         }
         self.replica.reached_database().await;
         // The canceller settles what was sent before the next pass looks again.
-        Ok(false)
+        Ok(Pass::Idle)
     }
 }

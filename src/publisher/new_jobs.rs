@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::Publisher;
+use super::{Pass, Publisher};
 use crate::held::{Claimed, Labels, State};
 use crate::job::ClaimedJob;
 use crate::replica::Replica;
@@ -175,15 +175,17 @@ impl NewJobs {
 impl Publisher for NewJobs {
     const NAME: &'static str = "new-jobs";
 
-    async fn run_once(&mut self) -> Result<bool> {
+    async fn run_once(&mut self) -> Result<Pass> {
         let replica = Arc::clone(&self.replica);
         let slots = &replica.held.slots;
         let mut room = slots.take_room();
         if room.is_empty() {
+            // A place coming free wakes the loop.
             slots.set_backlog(true);
-            return Ok(false);
+            return Ok(Pass::Idle);
         }
         self.read_queues().await;
+        let mut found = 0;
         // Consumers free now: the jobs claimed for them start at once. Claimed jobs beyond them
         // wait QUEUED, prefetched, for consumers to come free.
         let mut consumers = slots.take_run(room.len());
@@ -203,6 +205,7 @@ impl Publisher for NewJobs {
             match self.replica.store.claim(&claim).await {
                 Ok(jobs) => {
                     held_back |= jobs.len() < wanted;
+                    found += jobs.len();
                     if jobs.is_empty() {
                         found_empty.push(queue.name.clone());
                     } else {
@@ -237,20 +240,21 @@ impl Publisher for NewJobs {
                 .claim(&self.claim(scope, wanted, true))
                 .await?;
             let full = jobs.len() == wanted;
+            found += jobs.len();
             self.hand_out(jobs, &mut room, Some(&mut consumers), true)
                 .await?;
             if !full {
                 // All there is to claim is claimed.
                 slots.set_backlog(false);
                 self.draining = false;
-                return Ok(false);
+                return Ok(Pass::some(found));
             }
         }
         drop(consumers);
         if room.is_empty() {
             slots.set_backlog(true);
             self.draining = true;
-            return Ok(false);
+            return Ok(Pass::Found);
         }
         let wanted = room.len();
         let jobs = self
@@ -261,7 +265,8 @@ impl Publisher for NewJobs {
         let full = jobs.len() == wanted;
         slots.set_backlog(full);
         self.draining = full;
+        found += jobs.len();
         self.hand_out(jobs, &mut room, None, false).await?;
-        Ok(full)
+        Ok(if full { Pass::Full } else { Pass::some(found) })
     }
 }

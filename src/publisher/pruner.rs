@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Publisher;
+use super::{Pass, Publisher};
 use crate::job::Status;
 use crate::replica::Replica;
 use crate::store::{Result, is_denied};
@@ -37,11 +37,11 @@ pub(crate) struct Pruner {
 
 impl Pruner {
     /// Turns pruning off for good if `error` is a refusal of rights; otherwise passes it on.
-    fn refused(&mut self, error: sqlx::Error) -> Result<bool> {
+    fn refused(&mut self, error: sqlx::Error) -> Result<Pass> {
         if is_denied(&error) {
             tracing::warn!(%error, "pruning is off: the database user may not delete old rows (grant DELETE on jobs and UPDATE on jobsd_leases, or set retain_done and retain_failed to 0)");
             self.off = true;
-            return Ok(false);
+            return Ok(Pass::Idle);
         }
         Err(error)
     }
@@ -50,14 +50,14 @@ impl Pruner {
 impl Publisher for Pruner {
     const NAME: &'static str = "pruner";
 
-    async fn run_once(&mut self) -> Result<bool> {
+    async fn run_once(&mut self) -> Result<Pass> {
         if self.off || (self.retain_done.is_zero() && self.retain_failed.is_zero()) {
-            return Ok(false);
+            return Ok(Pass::Idle);
         }
         let (store, worker) = (&self.replica.store, &self.replica.worker);
         match store.lease(LEASE, worker, self.lease_for).await {
             Ok(true) => {}
-            Ok(false) => return Ok(false),
+            Ok(false) => return Ok(Pass::Idle),
             Err(error) => return self.refused(error),
         }
         let kinds = [
@@ -89,6 +89,6 @@ impl Publisher for Pruner {
         if deleted > 0 {
             tracing::info!(deleted, "old finished jobs deleted");
         }
-        Ok(more)
+        Ok(Pass::full_if(more))
     }
 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Publisher;
+use super::{Pass, Publisher};
 use crate::schedule::{CatchUp, Cursor, Slots, plan};
 use crate::store::{Advance, Result, ScheduleRow, Store, is_transient};
 
@@ -113,11 +113,11 @@ fn late_after(poll_interval: Duration) -> Duration {
 impl Publisher for Recurring {
     const NAME: &'static str = "schedules";
 
-    async fn run_once(&mut self) -> Result<bool> {
+    async fn run_once(&mut self) -> Result<Pass> {
         let mut more = false;
         for schedule in self.store.schedules().await? {
             more |= self.run_schedule(&schedule).await?;
         }
-        Ok(more)
+        Ok(Pass::full_if(more))
     }
 }

@@ -315,7 +315,8 @@ pub trait Schema: Send + Sync {
     async fn limit_payloads(&self, max_bytes: u64) -> Result<()>;
 
     /// Wakes the publishers in `wakes` when jobs are inserted or control requests written,
-    /// until `stop`. Backends that cannot be told return at once, and the publishers poll.
+    /// until `stop`: any insert on PostgreSQL, which notifies; elsewhere only this store's own
+    /// (the schedules loop's), and the publishers poll for the rest.
     async fn watch(&self, wakes: Wakes, stop: CancellationToken);
 }
 

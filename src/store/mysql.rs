@@ -42,7 +42,7 @@ pub async fn connect(options: MySqlConnectOptions, pool_size: u32) -> Result<Sql
         })
         .connect_with(options)
         .await?;
-    Ok(SqlStore { pool })
+    Ok(SqlStore::new(pool))
 }
 
 /// The server's clock, with microseconds, and microseconds bound as a number.

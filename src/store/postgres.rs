@@ -48,7 +48,7 @@ pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlSto
         .acquire_timeout(CONNECT_TIMEOUT)
         .connect_with(options)
         .await?;
-    Ok(SqlStore { pool })
+    Ok(SqlStore::new(pool))
 }
 
 /// The database's clock, and microseconds bound as a number (a replica's clock may disagree).

@@ -49,7 +49,7 @@ pub async fn connect(options: SqliteConnectOptions, pool_size: u32) -> Result<Sq
         .acquire_timeout(CONNECT_TIMEOUT)
         .connect_with(options)
         .await?;
-    Ok(SqlStore { pool })
+    Ok(SqlStore::new(pool))
 }
 
 /// Runs `attempt` until it succeeds, fails in a way `racing` does not accept, or has been tried

@@ -9,6 +9,7 @@ mod files;
 mod hostile;
 mod metrics;
 mod outage;
+mod pickup;
 mod pruning;
 mod queues;
 mod reliability;
