@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{Encode, Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Type};
+use sqlx::{Connection, Encode, Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Type};
 
 use super::files::{ExportDialect, backticked, inserts};
 use super::sql::{Backend, SqlStore};
@@ -25,13 +25,39 @@ const EXPORT: ExportDialect = ExportDialect {
     until: "?",
 };
 
+/// The length an id list is padded to: the next power of two, and past 1024 the next multiple
+/// of 1024, so that a statement has a dozen texts rather than one for every length.
+fn padded(length: usize) -> usize {
+    if length <= 1024 {
+        length.next_power_of_two()
+    } else {
+        length.div_ceil(1024).saturating_mul(1024)
+    }
+}
+
+/// A pooled connection idle this long is pinged before it is used again.
+const IDLE_PING: Duration = Duration::from_secs(30);
+
 /// Opens a pool of at most `pool_size` connections. sqlx sets every session's time zone to
 /// UTC, which TIMESTAMP columns convert through.
+///
+/// sqlx pings a connection when it goes back to the pool, and by default again when it is
+/// taken out: while a replica drains a backlog that is a round trip before every claim and
+/// every batch of outcomes, waiting on a server busy with the work itself. Here only a
+/// connection that has been idle is pinged on the way out (a server or a proxy may have closed
+/// it meanwhile); one that fails is closed and another taken. A connection broken since its
+/// last use fails its statement with an I/O error, which callers retry like any outage.
 pub async fn connect(options: MySqlConnectOptions, pool_size: u32) -> Result<SqlStore<MySql>> {
     probe(&options).await?;
     let pool = MySqlPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(CONNECT_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(
+                async move { Ok(meta.idle_for < IDLE_PING || connection.ping().await.is_ok()) },
+            )
+        })
         .after_connect(|connection, _| {
             Box::pin(async move {
                 connection
@@ -85,12 +111,22 @@ impl Dialect for MySql {
     }
 
     /// A list of placeholders rather than a JSON_TABLE subquery: MariaDB runs `UPDATE … WHERE
-    /// id IN (subquery)` as a scan of the whole table, locking every row on the way.
+    /// id IN (subquery)` as a scan of the whole table, locking every row on the way. The list
+    /// is padded to one of a few lengths by repeating its last id, which changes no result: a
+    /// statement is prepared on each connection for each text, and with a list as long as
+    /// each batch nearly every claim and batch of outcomes was a new text (a round trip to
+    /// prepare it, hundreds of placeholders parsed, another statement pushed out of sqlx's
+    /// cache).
     fn push_in_ids(query: &mut QueryBuilder<'_, Self>, ids: &[i64]) {
         query.push("IN (");
         let mut list = query.separated(", ");
         for id in ids {
             list.push_bind(*id);
+        }
+        if let Some(last) = ids.last() {
+            for _ in ids.len()..padded(ids.len()) {
+                list.push_bind(*last);
+            }
         }
         query.push(")");
     }
@@ -240,5 +276,22 @@ impl Backend for MySql {
             .execute(pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded;
+
+    #[test]
+    fn lists_are_padded_to_few_lengths() {
+        assert_eq!(padded(1), 1);
+        assert_eq!(padded(3), 4);
+        assert_eq!(padded(500), 512);
+        assert_eq!(padded(1024), 1024);
+        assert_eq!(padded(1025), 2048);
+        assert_eq!(padded(3000), 3072);
+        let lengths: std::collections::BTreeSet<usize> = (1..=1000).map(padded).collect();
+        assert_eq!(lengths.len(), 11);
     }
 }
