@@ -273,7 +273,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("control_interval", "1s"),
     ("dead_after", "10s"),
     ("consumers", "10"),
-    ("prefetch", "500"),
+    ("prefetch", "0"),
     ("rate_per_second", "50"),
     ("shutdown_grace", "25s"),
     ("retry_backoff", "1s"),

@@ -59,14 +59,19 @@ impl Pool {
     /// they run, under shutdown's grace like the rest. Jobs run in `jobs`.
     ///
     /// Jobs that wait QUEUED start in batches: each takes a free consumer and the limiter's
-    /// leave, and as many as are ready at once go out in one statement, whose round trip
-    /// overlaps the next batch's gathering, the claims and the outcomes being written.
+    /// leave, and as many as are ready go out in one statement, whose round trip overlaps the
+    /// next batch's gathering, the claims and the outcomes being written.
     pub async fn run(
         self: Arc<Self>,
         mut channel: mpsc::Receiver<Claimed>,
         stop: CancellationToken,
         jobs: TaskTracker,
     ) {
+        // Starts go out as a group commit: while one statement is on its way, the next batch
+        // gathers, so a busy pool starts hundreds of jobs a statement and a lone job waits for
+        // no timer.
+        let (starts, ready) = mpsc::unbounded_channel();
+        jobs.spawn(Arc::clone(&self).starter(ready, jobs.clone(), stop.clone()));
         let mut next: Option<Claimed> = None;
         loop {
             let claimed = match next.take() {
@@ -99,32 +104,11 @@ impl Pool {
                 next = Some(claimed);
                 break;
             }
-            // More that can start at once: waiting already, with a consumer free and the
-            // limiter's leave.
-            let mut batch = vec![claimed];
-            while batch.len() < START_BATCH {
-                let Ok(claimed) = channel.try_recv() else {
-                    break;
-                };
-                let Some(claimed) = self.dispatch(claimed, &jobs, &stop) else {
-                    continue;
-                };
-                if !claimed.held.has_consumer() {
-                    let Some(consumer) = self.replica.held.slots.try_run() else {
-                        next = Some(claimed);
-                        break;
-                    };
-                    claimed.held.take_consumer(consumer);
-                }
-                if !self.allowed() {
-                    next = Some(claimed);
-                    break;
-                }
-                batch.push(claimed);
+            if starts.send(claimed).is_err() {
+                break;
             }
-            let (pool, started, stop) = (Arc::clone(&self), jobs.clone(), stop.clone());
-            jobs.spawn(async move { pool.start(batch, &started, &stop).await });
         }
+        drop(starts);
         channel.close();
         let mut back = Vec::new();
         for claimed in next
@@ -139,6 +123,25 @@ impl Pool {
             }
         }
         self.give_back(back).await;
+    }
+
+    /// Starts the jobs that have their consumer and the limiter's leave, as many at once as
+    /// have gathered, until the pool stops sending; after `stop`, gives them back instead.
+    async fn starter(
+        self: Arc<Self>,
+        mut ready: mpsc::UnboundedReceiver<Claimed>,
+        jobs: TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(START_BATCH);
+        while ready.recv_many(&mut batch, START_BATCH).await > 0 {
+            let claimed = std::mem::take(&mut batch);
+            if stop.is_cancelled() {
+                self.give_back(claimed).await;
+            } else {
+                Arc::clone(&self).start(claimed, &jobs, &stop).await;
+            }
+        }
     }
 
     /// Sends on their way the jobs that need no start from the pool: those the claim started,

@@ -181,11 +181,6 @@ impl Slots {
         take(&self.run, at_most)
     }
 
-    /// A free consumer now, if there is one.
-    pub fn try_run(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.run).try_acquire_owned().ok()
-    }
-
     /// Waits for a free consumer; `None` if the slots are closed.
     pub async fn run(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.run).acquire_owned().await.ok()
@@ -676,7 +671,7 @@ mod tests {
         assert_eq!(room.len(), 6, "two consumers and four jobs ahead");
         let run = slots.take_run(usize::MAX);
         assert_eq!(run.len(), 2);
-        assert!(slots.try_run().is_none());
+        assert!(slots.take_run(1).is_empty());
         drop(run);
         assert_eq!(slots.take_run(1).len(), 1, "at most as many as asked");
     }
@@ -715,7 +710,9 @@ mod tests {
         let (held, _) = held(2);
         let waiting = claim(&held, 7);
         assert!(held.slots.take_run(2).is_empty(), "job 7 starts first");
-        let consumer = held.slots.try_run().expect("a free consumer");
+        let consumer = Arc::clone(&held.slots.run)
+            .try_acquire_owned()
+            .expect("a free consumer");
         waiting.take_consumer(consumer);
         assert_eq!(held.slots.take_run(2).len(), 1, "job 7 has its consumer");
         let dropped = claim(&held, 8);
