@@ -144,10 +144,10 @@ enum QueueAction {
     Limit {
         name: String,
         /// At most this many of its jobs QUEUED or RUNNING at once
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(i32::MAX)))]
         concurrency: Option<u32>,
-        /// At most this many starts a second
-        #[arg(long)]
+        /// At most this many starts a second (fractions allowed: 0.5 is one every 2 s)
+        #[arg(long, value_parser = queue_rate)]
         rate: Option<f64>,
     },
 }
@@ -366,11 +366,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     store
                         .limit_queue(&name, concurrency.map(i64::from), rate)
                         .await?;
-                    let limit = |limit: Option<String>| limit.unwrap_or_else(|| "none".into());
                     println!(
-                        "queue {name:?}: concurrency {}, rate {}/s",
-                        limit(concurrency.map(|n| n.to_string())),
-                        limit(rate.map(|r| r.to_string()))
+                        "queue {name:?}: concurrency {}, rate {}",
+                        concurrency.map_or_else(|| "unlimited".into(), |n| n.to_string()),
+                        rate.map_or_else(|| "unlimited".into(), |r| format!("{r}/s"))
                     );
                     return Ok(());
                 }
@@ -430,6 +429,18 @@ fn age(file: &Path) -> std::io::Result<Duration> {
 
 fn seconds(age: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_secs(age.as_secs()))
+}
+
+/// A queue's rate as the `queues` table takes it: above 0, at most a million a second.
+fn queue_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if rate > 0.0 && rate <= 1_000_000.0 {
+        Ok(rate)
+    } else {
+        Err(format!("{text} is not above 0 and at most 1000000"))
+    }
 }
 
 /// How many times `enqueue --unique-key` tries before it gives up on a key that live jobs keep

@@ -22,6 +22,7 @@ use crate::reliability::until;
 crate::on_every_backend!(
     a_paused_queue_waits_across_a_restart_while_others_run_and_resumes_on_request,
     jobsd_queue_pause_and_resume_write_paused_at,
+    jobsd_queue_limit_writes_the_limits_and_refuses_what_the_table_would,
     priorities_set_the_start_order,
     a_concurrency_of_two_holds_across_three_replicas,
     a_rate_of_twenty_a_second_holds_across_three_replicas,
@@ -231,6 +232,57 @@ async fn a_paused_queue_waits_across_a_restart_while_others_run_and_resumes_on_r
             row.id
         );
     }
+}
+
+/// `jobsd queue limit NAME [--concurrency N] [--rate R]` writes both limits (one left out is
+/// lifted), making the row when there is none; a limit the table would refuse stops it with
+/// exit code 2 and writes nothing.
+async fn jobsd_queue_limit_writes_the_limits_and_refuses_what_the_table_would(db: TestDb) {
+    let folder = tempfile::tempdir().expect("folder");
+    let limit = async |args: &[&str]| {
+        let mut command = crate::common::bare_jobsd(folder.path());
+        command
+            .args(["queue", "limit", "api"])
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .stdin(Stdio::null());
+        tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .expect("jobsd queue exits within a minute")
+            .expect("jobsd starts")
+    };
+    let rows =
+        |condition: &str| format!("SELECT COUNT(*) FROM queues WHERE name = 'api' AND {condition}");
+    let output = limit(&["--concurrency", "2", "--rate", "0.5"]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        count_in(&db, &rows("concurrency = 2 AND rate_per_second = 0.5")).await,
+        1
+    );
+    let output = limit(&["--rate", "20"]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        count_in(&db, &rows("concurrency IS NULL AND rate_per_second = 20")).await,
+        1
+    );
+    for bad in [
+        &["--rate", "0"][..],
+        &["--rate", "NaN"],
+        &["--concurrency", "-1"],
+    ] {
+        let output = limit(bad).await;
+        assert_eq!(output.status.code(), Some(2), "{bad:?}: {output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.starts_with("error:"),
+            "one line saying why: {bad:?}: {said}"
+        );
+    }
+    assert_eq!(
+        count_in(&db, &rows("concurrency IS NULL AND rate_per_second = 20")).await,
+        1,
+        "nothing written by a refused limit"
+    );
 }
 
 /// `jobsd queue pause|resume NAME` writes `queues.paused_at` as the SQL of DESIGN §6 does,
