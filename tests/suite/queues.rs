@@ -23,6 +23,7 @@ crate::on_every_backend!(
     a_paused_queue_waits_across_a_restart_while_others_run_and_resumes_on_request,
     jobsd_queue_pause_and_resume_write_paused_at,
     jobsd_queue_limit_writes_the_limits_and_refuses_what_the_table_would,
+    a_queue_time_no_replica_can_hold_is_refused,
     priorities_set_the_start_order,
     a_concurrency_of_two_holds_across_three_replicas,
     a_rate_of_twenty_a_second_holds_across_three_replicas,
@@ -232,6 +233,38 @@ async fn a_paused_queue_waits_across_a_restart_while_others_run_and_resumes_on_r
             row.id
         );
     }
+}
+
+/// `queues.next_start_at` takes only a time from 1970 to 9999 on every database, the same
+/// schema everywhere; a time in range is taken.
+async fn a_queue_time_no_replica_can_hold_is_refused(db: TestDb) {
+    exec(
+        &db,
+        "INSERT INTO queues (name, rate_per_second) VALUES ('api', 1)",
+    )
+    .await;
+    for bad in ["'0500-01-01 00:00:00'", "'1969-12-31 23:59:59'", "'soon'"] {
+        let refused = db
+            .exec(&format!(
+                "UPDATE queues SET next_start_at = {bad} WHERE name = 'api'"
+            ))
+            .await;
+        assert!(refused.is_err(), "next_start_at {bad} was taken");
+        let refused = db
+            .exec(&format!(
+                "INSERT INTO queues (name, next_start_at) VALUES ('other', {bad})"
+            ))
+            .await;
+        assert!(refused.is_err(), "next_start_at {bad} was taken at INSERT");
+    }
+    let taken = db
+        .exec(&format!(
+            "UPDATE queues SET next_start_at = {} WHERE name = 'api'",
+            db.now_plus(5)
+        ))
+        .await
+        .expect("a time in range");
+    assert_eq!(taken, 1);
 }
 
 /// `jobsd queue limit NAME [--concurrency N] [--rate R]` writes both limits (one left out is
