@@ -102,40 +102,9 @@ macro_rules! claiming {
                 Ok(jobs)
             }
 
-            /// RUNNING by `worker` → DONE for the jobs `ids` (never empty); the ids it changed.
-            async fn finish_done(
-                connection: &mut <$db as sqlx::Database>::Connection,
-                worker: &str,
-                ids: &[i64],
-            ) -> Result<Vec<i64>> {
-                Self::change_named(
-                    connection,
-                    Status::Running,
-                    worker,
-                    ids,
-                    Sql::<$db>::finish_done,
-                )
-                .await
-            }
-
-            /// QUEUED by `worker` → RUNNING for the jobs `ids` (never empty); the ids it changed.
-            async fn start_queued(
-                connection: &mut <$db as sqlx::Database>::Connection,
-                worker: &str,
-                ids: &[i64],
-            ) -> Result<Vec<i64>> {
-                Self::change_named(
-                    connection,
-                    Status::Queued,
-                    worker,
-                    ids,
-                    Sql::<$db>::mark_started,
-                )
-                .await
-            }
-
             /// Runs `update` on those of `worker`'s jobs `ids` (never empty) that are in
-            /// `status`, which it guards, and returns the ids it changed: named by the UPDATE
+            /// `status`, which it guards (a batch of DONE outcomes from RUNNING, of starts from
+            /// QUEUED), and returns the ids it changed: named by the UPDATE
             /// itself, or where it cannot name them (then `connection` must be a transaction)
             /// known from its count of found rows when it found them all, else locked first.
             async fn change_named<'q>(

@@ -228,11 +228,25 @@ macro_rules! shared_duties {
                 }
                 if <$db as Dialect>::RETURNING {
                     let mut connection = self.pool.acquire().await?;
-                    return Self::start_queued(&mut connection, worker, ids).await;
+                    return Self::change_named(
+                        &mut connection,
+                        Status::Queued,
+                        worker,
+                        ids,
+                        Sql::<$db>::mark_started,
+                    )
+                    .await;
                 }
                 retry_deadlocks(|| async {
                     let mut tx = <$db as Backend>::begin(&self.pool).await?;
-                    let started = Self::start_queued(&mut tx, worker, ids).await?;
+                    let started = Self::change_named(
+                        &mut tx,
+                        Status::Queued,
+                        worker,
+                        ids,
+                        Sql::<$db>::mark_started,
+                    )
+                    .await?;
                     tx.commit().await?;
                     Ok(started)
                 })
@@ -259,14 +273,28 @@ macro_rules! shared_duties {
                 let done = done_ids(outcomes);
                 if done.len() == outcomes.len() && <$db as Dialect>::RETURNING {
                     let mut connection = self.pool.acquire().await?;
-                    return Self::finish_done(&mut connection, worker, &done).await;
+                    return Self::change_named(
+                        &mut connection,
+                        Status::Running,
+                        worker,
+                        &done,
+                        Sql::<$db>::finish_done,
+                    )
+                    .await;
                 }
                 retry_deadlocks(|| async {
                     let mut tx = <$db as Backend>::begin(&self.pool).await?;
                     let mut won = if done.is_empty() {
                         Vec::new()
                     } else {
-                        Self::finish_done(&mut tx, worker, &done).await?
+                        Self::change_named(
+                            &mut tx,
+                            Status::Running,
+                            worker,
+                            &done,
+                            Sql::<$db>::finish_done,
+                        )
+                        .await?
                     };
                     for (id, outcome) in outcomes {
                         let Some(mut query) = Sql::<$db>::settle_outcome(*id, worker, outcome)
