@@ -418,6 +418,30 @@ const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 /// How long every pooled connection may take to open before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A pooled connection idle this long is pinged before it is used again.
+const IDLE_PING: Duration = Duration::from_secs(30);
+
+/// The pool every dialect opens, of at most `pool_size` connections.
+///
+/// sqlx pings a connection when it goes back to the pool, and by default again when it is
+/// taken out: while a replica drains a backlog that is a round trip before every claim and
+/// every batch of outcomes, waiting on a server busy with the work itself. Here only a
+/// connection that has been idle is pinged on the way out (a server or a proxy may have closed
+/// it meanwhile); one that fails is closed and another taken. A connection broken since its
+/// last use fails its statement with an I/O error, which callers retry like any outage.
+fn pool_options<DB: sqlx::Database>(pool_size: u32) -> sqlx::pool::PoolOptions<DB> {
+    use sqlx::Connection;
+    sqlx::pool::PoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|connection: &mut DB::Connection, meta| {
+            Box::pin(
+                async move { Ok(meta.idle_for < IDLE_PING || connection.ping().await.is_ok()) },
+            )
+        })
+}
+
 /// Opens one connection and closes it again: unlike a pool, which retries until its timeout,
 /// this reports the database's own reason (refused, unknown database, bad password).
 async fn probe<C>(options: &C) -> Result<()>

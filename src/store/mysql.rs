@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{Connection, Encode, Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Type};
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{Encode, Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Type};
 
 use super::files::{ExportDialect, backticked, inserts};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
-use super::{CONNECT_TIMEOUT, ImportBatch, MIGRATION_WAIT, Result, micros, probe, with_database};
+use super::{ImportBatch, MIGRATION_WAIT, Result, micros, pool_options, probe, with_database};
 use crate::job::NewJob;
 
 /// `CHAR` is MySQL's text cast; backquoted names.
@@ -35,29 +35,11 @@ fn padded(length: usize) -> usize {
     }
 }
 
-/// A pooled connection idle this long is pinged before it is used again.
-const IDLE_PING: Duration = Duration::from_secs(30);
-
 /// Opens a pool of at most `pool_size` connections. sqlx sets every session's time zone to
 /// UTC, which TIMESTAMP columns convert through.
-///
-/// sqlx pings a connection when it goes back to the pool, and by default again when it is
-/// taken out: while a replica drains a backlog that is a round trip before every claim and
-/// every batch of outcomes, waiting on a server busy with the work itself. Here only a
-/// connection that has been idle is pinged on the way out (a server or a proxy may have closed
-/// it meanwhile); one that fails is closed and another taken. A connection broken since its
-/// last use fails its statement with an I/O error, which callers retry like any outage.
 pub async fn connect(options: MySqlConnectOptions, pool_size: u32) -> Result<SqlStore<MySql>> {
     probe(&options).await?;
-    let pool = MySqlPoolOptions::new()
-        .max_connections(pool_size)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
-            Box::pin(
-                async move { Ok(meta.idle_for < IDLE_PING || connection.ping().await.is_ok()) },
-            )
-        })
+    let pool = pool_options::<MySql>(pool_size)
         .after_connect(|connection, _| {
             Box::pin(async move {
                 connection

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +14,7 @@ use super::files::{ExportDialect, column_list, copy_csv, double_quoted};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
 use super::{
-    CONNECT_TIMEOUT, ImportBatch, MIGRATION_WAIT, Result, Wakes, micros, probe, skip_held_clause,
+    ImportBatch, MIGRATION_WAIT, Result, Wakes, micros, pool_options, probe, skip_held_clause,
     with_database,
 };
 use crate::job::NewJob;
@@ -43,9 +43,7 @@ const EXPORT: ExportDialect = ExportDialect {
 pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlStore<Postgres>> {
     let options = options.application_name("jobsd");
     probe(&options).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(pool_size)
-        .acquire_timeout(CONNECT_TIMEOUT)
+    let pool = pool_options::<Postgres>(pool_size)
         .connect_with(options)
         .await?;
     Ok(SqlStore::new(pool))

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::files::{ExportDialect, double_quoted, inserts};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
-use super::{CONNECT_TIMEOUT, ImportBatch, Result, json_ids, probe, skip_held_clause};
+use super::{ImportBatch, Result, json_ids, pool_options, probe, skip_held_clause};
 use crate::job::NewJob;
 
 /// The most connections a SQLite store opens.
@@ -44,9 +44,7 @@ pub async fn connect(options: SqliteConnectOptions, pool_size: u32) -> Result<Sq
     taking_turns(is_busy, || probe(&options)).await?;
     // One writer at a time: more connections would only wait for the lock, and each one
     // costs a thread and a page cache.
-    let pool = SqlitePoolOptions::new()
-        .max_connections(pool_size.min(MAX_CONNECTIONS))
-        .acquire_timeout(CONNECT_TIMEOUT)
+    let pool = pool_options::<Sqlite>(pool_size.min(MAX_CONNECTIONS))
         .connect_with(options)
         .await?;
     Ok(SqlStore::new(pool))
