@@ -16,6 +16,7 @@ crate::on_every_backend!(
     a_hung_job_with_attempts_left_runs_again_then_is_cancelled,
     a_job_settled_by_another_replica_stops_here,
     three_replicas_share_the_work_and_run_each_job_once,
+    wide_replicas_claim_in_halves_and_run_each_job_once,
     starts_never_outpace_the_rate_limit,
     a_job_waiting_on_the_limiter_is_not_taken_for_dead,
     shutdown_lets_running_jobs_finish_within_the_grace,
@@ -276,6 +277,44 @@ async fn three_replicas_share_the_work_and_run_each_job_once(db: TestDb) {
         used.insert(worker);
     }
     assert_eq!(used.len(), 3, "all three replicas did work");
+}
+
+/// With hundreds of free consumers a replica claims in two halves at once; two such replicas
+/// make four claims racing for the same rows, and still every job runs exactly once.
+async fn wide_replicas_claim_in_halves_and_run_each_job_once(db: TestDb) {
+    let config = jobsd::Config {
+        consumers: 300,
+        prefetch: 0,
+        ..db.config()
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(Replica::start(&db, config.clone(), Handlers::default()).await);
+    }
+    let jobs: usize = 3000;
+    db.exec(&format!(
+        "INSERT INTO jobs (object_id, sleep) VALUES {}",
+        (0..jobs)
+            .map(|n| format!("({n}, {})", MS * (n as i64 % 3)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .await
+    .expect("insert");
+    let rows = db.until_all_finished(Duration::from_secs(120)).await;
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+    assert_eq!(rows.len(), jobs);
+    let objects: HashSet<i64> = rows.iter().filter_map(|row| row.object_id).collect();
+    assert_eq!(objects.len(), jobs, "every job is its own row");
+    for row in &rows {
+        assert_eq!((row.status, row.attempts), (Status::Done, 1), "{row:?}");
+        assert!(
+            row.started_at.is_some() && row.finished_at.is_some(),
+            "{row:?}"
+        );
+    }
 }
 
 async fn starts_never_outpace_the_rate_limit(db: TestDb) {
