@@ -249,6 +249,20 @@ crate::row::table_row! {
     }
 }
 
+impl JobRow {
+    /// The columns that hold times.
+    pub const TIMES: &'static [&'static str] = &[
+        "created_at",
+        "run_at",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "cancelled_at",
+        "heartbeat_at",
+        "scheduled_for",
+    ];
+}
+
 /// A row to insert, with the table's defaults for everything left out.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewJob {
@@ -386,6 +400,19 @@ pub fn backoff(base: Duration, attempts: i32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_time_columns_are_the_rows_times() {
+        for column in JobRow::COLUMNS {
+            let named_as_time = column.ends_with("_at") || *column == "scheduled_for";
+            assert_eq!(JobRow::TIMES.contains(column), named_as_time, "{column}");
+        }
+        assert!(
+            JobRow::TIMES
+                .iter()
+                .all(|time| JobRow::COLUMNS.contains(time))
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -54,6 +54,13 @@ impl Dialect for Postgres {
     const SAME: &'static str = "IS NOT DISTINCT FROM";
     const INTEGER: &'static str = "BIGINT";
 
+    /// `infinity` and years past 9999 read as NULL: sqlx's decoding panics on them.
+    fn readable_time(column: &str) -> String {
+        format!(
+            "CASE WHEN {column} >= '0001-01-01' AND {column} < '10000-01-01' THEN {column} END AS {column}"
+        )
+    }
+
     fn seconds_since(column: &str) -> String {
         // Each side on its own: a difference with an infinite time is out of range, an epoch is not.
         format!(

@@ -76,6 +76,14 @@ pub(super) trait Dialect: Database {
     /// A time the statement writes.
     fn push_time(query: &mut QueryBuilder<'_, Self>, at: DateTime<Utc>);
 
+    /// `column`, a time, as rows read for a person select it. Where the column type holds
+    /// times beyond what a replica's clock type does (PostgreSQL's `infinity`, years past
+    /// 9999), those read as NULL: a row then shows no such time, or, without a time it must
+    /// have, is left out with a warning, and never stops the reading of the others.
+    fn readable_time(column: &str) -> String {
+        column.to_owned()
+    }
+
     /// What an INSERT ends with to skip a row whose key `key` is taken, quietly.
     fn skip_duplicate(_key: &str) -> String {
         " ON CONFLICT DO NOTHING".to_owned()
@@ -412,6 +420,21 @@ where
 
     /// [`Store::rows_in`](super::Store::rows_in): the columns of [`JobRow`] of up to `limit`
     /// rows in `statuses`, the latest by `latest_by` (a column this crate names) first.
+    /// The columns of [`JobRow`] as a SELECT of rows for a person lists them.
+    fn row_columns() -> String {
+        JobRow::COLUMNS
+            .iter()
+            .map(|column| {
+                if JobRow::TIMES.contains(column) {
+                    DB::readable_time(column)
+                } else {
+                    (*column).to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn rows_in(statuses: &[Status], latest_by: &str, limit: u32) -> QueryBuilder<'a, DB> {
         let list: Vec<String> = statuses
             .iter()
@@ -419,7 +442,7 @@ where
             .collect();
         let mut query = QueryBuilder::new(format!(
             "SELECT {} FROM jobs WHERE status IN ({}) ORDER BY {latest_by} DESC LIMIT ",
-            JobRow::COLUMNS.join(", "),
+            Self::row_columns(),
             list.join(", ")
         ));
         query.push_bind(i64::from(limit));
@@ -431,7 +454,7 @@ where
     pub fn rows(ids: &[i64], limit: u32) -> QueryBuilder<'a, DB> {
         let mut query = QueryBuilder::new(format!(
             "SELECT * FROM (SELECT {} FROM jobs",
-            JobRow::COLUMNS.join(", ")
+            Self::row_columns()
         ));
         if !ids.is_empty() {
             query.push(" WHERE id ");

@@ -13,6 +13,7 @@ crate::on_every_backend!(
     the_binary_on_real_defaults_reproduces_the_original_table,
     csv_import_killed_mid_file_imports_every_row_exactly_once,
     bench_measures_every_workload_on_a_scratch_database,
+    status_lists_what_it_can_read_beside_times_no_replica_holds,
 );
 
 /// `jobsd` with no settings from this environment: only what the test passes.
@@ -763,4 +764,56 @@ async fn bench_measures_every_workload_on_a_scratch_database(db: TestDb) {
             "{workload} in the table: {stdout}"
         );
     }
+}
+
+/// A time the column type takes but no replica's clock type holds (PostgreSQL's `infinity` and
+/// years past 9999, a SQLite text that is no time) never stops `jobsd status`: a row that must
+/// have that time is left out with a warning, one that may lack it shows without it, and the
+/// counts and every other row show.
+async fn status_lists_what_it_can_read_beside_times_no_replica_holds(db: TestDb) {
+    // PostgreSQL takes them; MySQL's TIMESTAMP columns and SQLite's checks refuse them, and
+    // the rows are written with times that are fine there.
+    let (never, far) = match db.backend {
+        Backend::Postgres => ("'infinity'", "'294276-12-31 23:59:59+00'"),
+        Backend::Mysql | Backend::Sqlite => {
+            let refused = db
+                .exec("INSERT INTO jobs (object_id, sleep, created_at) VALUES (0, 0, '10000-01-01 00:00:00')")
+                .await;
+            assert!(refused.is_err(), "the database refuses a time past 9999");
+            ("'2026-01-01 00:00:00'", "'2026-01-01 00:00:00'")
+        }
+    };
+    db.exec(&format!(
+        "INSERT INTO jobs (object_id, sleep, created_at) VALUES (1, 0, {never})"
+    ))
+    .await
+    .expect("a row created at no time a replica holds");
+    db.exec(&format!(
+        "INSERT INTO jobs (object_id, sleep, status, finished_at) VALUES (2, 0, 'DONE', {far})"
+    ))
+    .await
+    .expect("a row finished far beyond");
+    db.exec("INSERT INTO jobs (object_id, sleep) VALUES (3, 0)")
+        .await
+        .expect("a plain row");
+    let folder = tempfile::tempdir().expect("folder");
+    let mut status = jobsd(folder.path());
+    status.arg("status").env("DATABASE_URL", &db.url);
+    let listed = output(status).await;
+    let (stdout, stderr) = (text(&listed.stdout), text(&listed.stderr));
+    assert!(listed.status.success(), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains("3 jobs: 2 NEW, 1 DONE"), "{stdout}");
+    let shown: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("| "))
+        .collect();
+    assert!(
+        shown.iter().any(|line| line.contains("| DONE ")),
+        "the DONE row shows, without a finish time no replica holds: {stdout}"
+    );
+    assert!(
+        shown.iter().filter(|line| line.contains("| NEW ")).count() >= 1,
+        "the plain row shows: {stdout}"
+    );
 }
