@@ -195,7 +195,9 @@ pub(super) const MYSQL: Repairs = Repairs {
             change: "jobs.unique_live made a plain column kept by triggers",
             steps: &[
                 // From here until the new index is built, nothing refuses a second live job
-                // with a key; the backfill and the index build take seconds on millions of rows.
+                // with a key (seconds, on millions of rows). Should one be written meanwhile,
+                // the index build fails on it, and `jobsd migrate` says so until one of the
+                // two jobs has finished.
                 Step {
                     when: When::Any(INDEXED_GENERATED_UNIQUE_LIVE),
                     sql: "ALTER TABLE jobs DROP INDEX jobs_unique_live_idx",
