@@ -12,6 +12,7 @@ mod mysql;
 mod postgres;
 mod pruning;
 mod queues;
+mod repairs;
 mod schedules;
 mod secrets;
 mod sql;

@@ -12,6 +12,7 @@ use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{Encode, Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Type};
 
 use super::files::{ExportDialect, backticked, inserts};
+use super::repairs;
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
 use super::{ImportBatch, MIGRATION_WAIT, Result, micros, pool_options, probe, with_database};
@@ -154,7 +155,8 @@ impl Backend for MySql {
         }
         let mut migrator = sqlx::migrate!("migrations/mysql");
         migrator.set_locking(false);
-        let applied = migrator.run_direct(&mut *connection).await;
+        let applied =
+            repairs::then_migrate::<MySql>(&mut connection, &migrator, &repairs::MYSQL).await;
         sqlx::query("SELECT RELEASE_LOCK(CONCAT('jobsd_migrate.', DATABASE()))")
             .execute(&mut *connection)
             .await?;

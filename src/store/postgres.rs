@@ -11,6 +11,7 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
 use super::files::{ExportDialect, column_list, copy_csv, double_quoted};
+use super::repairs;
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
 use super::{
@@ -127,7 +128,8 @@ impl Backend for Postgres {
         }
         let mut migrator = sqlx::migrate!("migrations/postgres");
         migrator.set_locking(false);
-        let applied = migrator.run_direct(&mut *connection).await;
+        let applied =
+            repairs::then_migrate::<Postgres>(&mut connection, &migrator, &repairs::POSTGRES).await;
         sqlx::query(&format!("SELECT pg_advisory_unlock({key})"))
             .execute(&mut *connection)
             .await?;

@@ -17,4 +17,5 @@ mod schedules;
 mod state_machine;
 mod store;
 mod unique;
+mod upgrade;
 mod watch;
