@@ -827,16 +827,34 @@ impl PrivateServer {
                 .await;
             }
             _ => {
-                let mut install = Command::new("mariadb-install-db");
-                install
-                    .arg("--no-defaults")
-                    .arg(format!("--datadir={}", self.path("data").display()))
-                    .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-                    .arg("--innodb-log-file-size=8M");
-                if self.root {
-                    install.arg("--user=root");
+                // The bootstrap now and then fails on a machine busy with the rest of the
+                // suite: a fresh data directory and another try, and the third failure shown.
+                const TRIES: u32 = 3;
+                for attempt in 1..=TRIES {
+                    let data = self.path("data");
+                    if data.exists() {
+                        std::fs::remove_dir_all(&data).expect("a failed install's data removed");
+                    }
+                    let mut install = Command::new("mariadb-install-db");
+                    install
+                        .arg("--no-defaults")
+                        .arg(format!("--datadir={}", data.display()))
+                        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+                        .arg("--innodb-log-file-size=8M");
+                    if self.root {
+                        install.arg("--user=root");
+                    }
+                    if attempt == TRIES {
+                        run(&mut install).await;
+                    } else if install
+                        .stdin(Stdio::null())
+                        .output()
+                        .await
+                        .is_ok_and(|output| output.status.success())
+                    {
+                        break;
+                    }
                 }
-                run(&mut install).await;
             }
         }
     }
