@@ -23,9 +23,6 @@ use crate::job::ClaimedJob;
 use crate::replica::Replica;
 use crate::store::{Claim, QueueRow, Result, Scope};
 
-/// The fewest jobs each half of a split claim takes.
-const SPLIT_AT: usize = 64;
-
 pub(crate) struct NewJobs {
     pub replica: Arc<Replica>,
     pub channel: mpsc::Sender<Claimed>,
@@ -119,39 +116,6 @@ impl NewJobs {
             // Starts reserved beyond the next pass of any replica, so a queue's rate is met
             // while its jobs wait, and no further.
             ahead: self.poll_interval * 2,
-        }
-    }
-
-    /// Claims and starts up to `wanted` jobs of `scope`, in two claims at once when there are
-    /// enough for both: each runs on a connection of its own, so the database works on both
-    /// halves together instead of one after the other while consumers wait.
-    async fn claim_split(&self, scope: Scope<'_>, wanted: usize) -> Result<Vec<ClaimedJob>> {
-        let store = &self.replica.store;
-        if wanted < 2 * SPLIT_AT {
-            return store.claim(&self.claim(scope, wanted, true)).await;
-        }
-        let half = wanted / 2;
-        let (first, second) = (
-            self.claim(scope, half, true),
-            self.claim(scope, wanted - half, true),
-        );
-        let (first, second) = tokio::join!(store.claim(&first), store.claim(&second));
-        // A claim that failed took nothing; the other's jobs are this replica's now either way.
-        let mut jobs = Vec::with_capacity(wanted);
-        let mut error = None;
-        for claimed in [first, second] {
-            match claimed {
-                Ok(claimed) => jobs.extend(claimed),
-                Err(failed) => error = Some(failed),
-            }
-        }
-        match error {
-            Some(error) if jobs.is_empty() => Err(error),
-            Some(error) => {
-                tracing::warn!(%error, "half of a claim failed; the other half runs");
-                Ok(jobs)
-            }
-            None => Ok(jobs),
         }
     }
 
@@ -270,7 +234,11 @@ impl Publisher for NewJobs {
         };
         if self.start && !consumers.is_empty() {
             let wanted = consumers.len();
-            let jobs = self.claim_split(scope, wanted).await?;
+            let jobs = self
+                .replica
+                .store
+                .claim(&self.claim(scope, wanted, true))
+                .await?;
             let full = jobs.len() == wanted;
             found += jobs.len();
             self.hand_out(jobs, &mut room, Some(&mut consumers), true)

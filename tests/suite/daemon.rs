@@ -16,7 +16,7 @@ crate::on_every_backend!(
     a_hung_job_with_attempts_left_runs_again_then_is_cancelled,
     a_job_settled_by_another_replica_stops_here,
     three_replicas_share_the_work_and_run_each_job_once,
-    wide_replicas_claim_in_halves_and_run_each_job_once,
+    wide_replicas_race_for_the_same_rows_and_run_each_job_once,
     starts_never_outpace_the_rate_limit,
     a_job_waiting_on_the_limiter_is_not_taken_for_dead,
     shutdown_lets_running_jobs_finish_within_the_grace,
@@ -279,9 +279,9 @@ async fn three_replicas_share_the_work_and_run_each_job_once(db: TestDb) {
     assert_eq!(used.len(), 3, "all three replicas did work");
 }
 
-/// With hundreds of free consumers a replica claims in two halves at once; two such replicas
-/// make four claims racing for the same rows, and still every job runs exactly once.
-async fn wide_replicas_claim_in_halves_and_run_each_job_once(db: TestDb) {
+/// Two replicas with hundreds of free consumers each claim hundreds of rows at a time, racing
+/// for the same rows, and still every job runs exactly once.
+async fn wide_replicas_race_for_the_same_rows_and_run_each_job_once(db: TestDb) {
     let config = jobsd::Config {
         consumers: 300,
         prefetch: 0,
