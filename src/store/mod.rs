@@ -478,11 +478,25 @@ where
             Ok(value) => Some(value),
             Err(error) => {
                 let id: Option<i64> = row.try_get("id").ok();
+                let error = why_unreadable(&error);
                 tracing::warn!(job = ?id, %error, "a row cannot be read; left out");
                 None
             }
         })
         .collect()
+}
+
+/// Why a row cannot be read, in words: a column it needs that reads as NULL was written NULL, or
+/// held a time no replica can hold (see `Dialect::readable_time`).
+fn why_unreadable(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::ColumnDecode { index, source }
+            if source.is::<sqlx::error::UnexpectedNullError>() =>
+        {
+            format!("column {index} is NULL or holds a time no replica can hold")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// `url` with its database (path) replaced by `name`.
