@@ -54,7 +54,6 @@ pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlSto
 impl Dialect for Postgres {
     const SAME: &'static str = "IS NOT DISTINCT FROM";
     const INTEGER: &'static str = "BIGINT";
-    const CLAIM_LIMIT_IN_TEXT: bool = true;
 
     /// `infinity` and years past 9999 read as NULL: sqlx's decoding panics on them.
     fn readable_time(column: &str) -> String {

@@ -62,13 +62,6 @@ pub(super) trait Dialect: Database {
     /// rows instead of waiting; empty where one writer at a time is all there is (SQLite).
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
-    /// Whether a claim's LIMIT is written into its text rather than bound. PostgreSQL plans a
-    /// prepared statement anew on every execution while a bound LIMIT makes its plan for any
-    /// limit look dearer (it assumes a tenth of the table); with the number in the text the plan
-    /// is the same for every execution and is kept, which saves a third of a small claim's time
-    /// on the server. A replica claims a handful of sizes, so its statements stay prepared.
-    const CLAIM_LIMIT_IN_TEXT: bool = false;
-
     /// What a SELECT ends with to lock the row it reads until the transaction ends; empty on
     /// SQLite, whose write transactions already exclude each other.
     const LOCKED: &'static str = " FOR UPDATE";
@@ -556,11 +549,7 @@ where
             }
         }
         query.push(" ORDER BY priority, run_at, id LIMIT ");
-        if DB::CLAIM_LIMIT_IN_TEXT {
-            query.push(claim.limit);
-        } else {
-            query.push_bind(i64::from(claim.limit));
-        }
+        query.push_bind(i64::from(claim.limit));
         query.push(DB::SKIP_LOCKED);
     }
 
