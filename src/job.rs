@@ -400,6 +400,8 @@ pub fn backoff(base: Duration, attempts: i32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_time_columns_are_the_rows_times() {
         for column in JobRow::COLUMNS {
@@ -412,8 +414,6 @@ mod tests {
                 .all(|time| JobRow::COLUMNS.contains(time))
         );
     }
-
-    use super::*;
 
     #[test]
     fn status_round_trips_through_its_spelling() {

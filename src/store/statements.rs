@@ -418,8 +418,6 @@ where
         query
     }
 
-    /// [`Store::rows_in`](super::Store::rows_in): the columns of [`JobRow`] of up to `limit`
-    /// rows in `statuses`, the latest by `latest_by` (a column this crate names) first.
     /// The columns of [`JobRow`] as a SELECT of rows for a person lists them.
     fn row_columns() -> String {
         JobRow::COLUMNS
@@ -435,6 +433,8 @@ where
             .join(", ")
     }
 
+    /// [`Store::rows_in`](super::Store::rows_in): the columns of [`JobRow`] of up to `limit`
+    /// rows in `statuses`, the latest by `latest_by` (a column this crate names) first.
     pub fn rows_in(statuses: &[Status], latest_by: &str, limit: u32) -> QueryBuilder<'a, DB> {
         let list: Vec<String> = statuses
             .iter()
