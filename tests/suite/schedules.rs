@@ -22,6 +22,7 @@ crate::on_every_backend!(
     catch_up_all_inserts_every_missed_slot,
     bad_schedules_are_marked_in_words_and_the_rest_run_on,
     jobsd_schedule_adds_lists_pauses_resumes_and_removes,
+    a_schedule_time_no_replica_can_hold_is_refused,
 );
 
 /// How long a process may take to start and make its first pass.
@@ -455,4 +456,42 @@ async fn jobsd_schedule_adds_lists_pauses_resumes_and_removes(db: TestDb) {
     let (code, _, stderr) = jobsd_schedule(&db, &["remove", "nightly"]).await;
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("no schedule"), "{stderr}");
+}
+
+/// A schedule's times (`created_at`, `next_run_at`, `last_run_at`) take only a time from 1970
+/// to 9999 on every database, the same schema everywhere: PostgreSQL's CHECK, MySQL's
+/// TIMESTAMP columns, SQLite's checks and triggers. A time in range is taken.
+async fn a_schedule_time_no_replica_can_hold_is_refused(db: TestDb) {
+    add(&db, "nightly", "0 3 * * *", "UTC", "latest").await;
+    for column in ["created_at", "next_run_at", "last_run_at"] {
+        // With microseconds, the spelling SQLite's checks ask for: refused for the range.
+        let bad_times = [
+            "'0500-01-01 00:00:00.000000'",
+            "'1969-12-31 23:59:59.000000'",
+            "'soon'",
+        ];
+        for bad in bad_times {
+            let refused = db
+                .exec(&format!(
+                    "UPDATE schedules SET {column} = {bad} WHERE name = 'nightly'"
+                ))
+                .await;
+            assert!(refused.is_err(), "{column} {bad} was taken");
+            let refused = db
+                .exec(&format!(
+                    "INSERT INTO schedules (name, cron, timezone, sleep, {column}) \
+                     VALUES ('other', '0 3 * * *', 'UTC', 0, {bad})"
+                ))
+                .await;
+            assert!(refused.is_err(), "{column} {bad} was taken at INSERT");
+        }
+        // In jobsd's own spelling, with microseconds, which SQLite's checks ask for.
+        let taken = db
+            .exec(&format!(
+                "UPDATE schedules SET {column} = '2030-01-01 00:00:00.000000' WHERE name = 'nightly'"
+            ))
+            .await
+            .expect("a time in range");
+        assert_eq!(taken, 1, "{column}");
+    }
 }
