@@ -40,11 +40,26 @@ const EXPORT: ExportDialect = ExportDialect {
     until: "$2",
 };
 
-/// Opens a pool of at most `pool_size` connections.
+/// Opens a pool of at most `pool_size` connections, each planning without bitmap scans.
+///
+/// The claim walks `jobs_claim_order_idx` in order and stops after its LIMIT. When the table's
+/// statistics say few jobs are NEW (a table analyzed while its rows were finished, or never
+/// analyzed), PostgreSQL prefers a bitmap scan of every NEW row and a sort of them all, since
+/// the sort sits under `FOR UPDATE` and no LIMIT bounds it: a burst of 100,000 jobs then costs
+/// each claim a sort of the whole backlog, spilled to disk, until autovacuum analyzes the table
+/// again. Without bitmap scans the only other plan is a sequential scan, which the planner
+/// never prefers on a table of any size. Set on the session, not in the startup packet,
+/// which poolers such as PgBouncer refuse.
 pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlStore<Postgres>> {
     let options = options.application_name("jobsd");
     probe(&options).await?;
     let pool = pool_options::<Postgres>(pool_size)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::Executor::execute(&mut *connection, "SET enable_bitmapscan = off").await?;
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await?;
     Ok(SqlStore::new(pool))
@@ -65,7 +80,7 @@ impl Dialect for Postgres {
     fn seconds_since(column: &str) -> String {
         // Each side on its own: a difference with an infinite time is out of range, an epoch is not.
         format!(
-            "CAST(EXTRACT(EPOCH FROM now()) - EXTRACT(EPOCH FROM {column}) AS DOUBLE PRECISION)"
+            "CAST(EXTRACT(EPOCH FROM statement_timestamp()) - EXTRACT(EPOCH FROM {column}) AS DOUBLE PRECISION)"
         )
     }
 
@@ -84,8 +99,11 @@ impl Dialect for Postgres {
         query.push(")");
     }
 
+    /// The statement's start, not `now()`, which is the transaction's: a claim that waited
+    /// inside its transaction for a queue's lock would otherwise record a start from before
+    /// the wait, earlier than the finish of the job whose place it took.
     fn push_now(query: &mut QueryBuilder<'_, Self>, _clock: Clock) {
-        query.push("now()");
+        query.push("statement_timestamp()");
     }
 
     fn push_shifted(
@@ -94,7 +112,11 @@ impl Dialect for Postgres {
         wait: Duration,
         later: bool,
     ) {
-        query.push(if later { "(now() + " } else { "(now() - " });
+        query.push(if later {
+            "(statement_timestamp() + "
+        } else {
+            "(statement_timestamp() - "
+        });
         query.push_bind(micros(wait));
         query.push(" * interval '1 microsecond')");
     }

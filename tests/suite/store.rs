@@ -42,6 +42,16 @@ mod sqlite_only {
     );
 }
 
+/// What only PostgreSQL needs: its planner picks the claim's plan from the table's statistics.
+mod postgres_only {
+    use super::a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order;
+
+    crate::on_backend!(
+        Postgres,
+        postgres: a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order
+    );
+}
+
 const SECOND: i64 = 1_000_000_000;
 
 async fn minimal_insert_is_a_complete_job(db: TestDb) {
@@ -204,6 +214,37 @@ async fn claim_takes_only_due_jobs_oldest_first(db: TestDb) {
     );
     let delayed = &db.all_rows().await[0];
     assert_eq!(delayed.status, Status::New);
+}
+
+/// A burst into a table never analyzed: PostgreSQL guesses a few NEW rows and, with bitmap scans,
+/// would read and sort all 20,000 to claim 10. Here such a sort would need a temporary file,
+/// which the database refuses: the claims succeed only by walking their index in order.
+async fn a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order(db: TestDb) {
+    db.store()
+        .await
+        .insert_many(20_000, 0, false)
+        .await
+        .expect("backlog");
+    let ids: Vec<i64> = db.all_rows().await.iter().map(|row| row.id).collect();
+    for setting in ["work_mem = ''64kB''", "temp_file_limit = 0"] {
+        db.exec(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {setting}', current_database()); END $$"
+        ))
+        .await
+        .expect("a setting of the test's database");
+    }
+    // Connected after the settings, which apply to new sessions.
+    let store = db.store().await;
+    for (start, expected) in [(false, &ids[..10]), (true, &ids[10..20])] {
+        let claimed = store
+            .claim(&jobsd::store::Claim::new("w", 10, start))
+            .await
+            .expect("the claim needs no sort of the backlog");
+        assert_eq!(
+            claimed.iter().map(|job| job.id).collect::<Vec<_>>(),
+            expected
+        );
+    }
 }
 
 async fn dead_jobs_settle_three_ways(db: TestDb) {
