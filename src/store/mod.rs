@@ -294,6 +294,12 @@ pub trait Inspect: Send + Sync {
     /// Statements the database server has run so far, where it keeps count; for benchmarks.
     async fn statements(&self) -> Result<Option<u64>>;
 
+    /// Leaves the jobs table as the database's own upkeep leaves it between bursts, for
+    /// benchmarks that measure one thing after another: PostgreSQL's dead index entries of
+    /// claimed rows removed (every claim walks past them until VACUUM does) and its statistics
+    /// current; MySQL's statistics current (InnoDB purges on its own); SQLite has nothing to do.
+    async fn upkeep(&self) -> Result<()>;
+
     /// Creates an empty database named `name` beside this one and returns its URL, for
     /// benchmarks; `drop_scratch` removes it. `name` is quoted (checked, where it names a file),
     /// never trusted.

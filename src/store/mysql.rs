@@ -137,6 +137,7 @@ impl Dialect for MySql {
 #[async_trait]
 impl Backend for MySql {
     const EXPORT: ExportDialect = EXPORT;
+    const UPKEEP: &'static [&'static str] = &["ANALYZE TABLE jobs"];
 
     async fn migrate(pool: &MySqlPool) -> Result<()> {
         // Replicas starting together take turns under a named lock. sqlx's own asks for

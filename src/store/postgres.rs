@@ -125,6 +125,7 @@ impl Dialect for Postgres {
 #[async_trait]
 impl Backend for Postgres {
     const EXPORT: ExportDialect = EXPORT;
+    const UPKEEP: &'static [&'static str] = &["VACUUM (ANALYZE) jobs"];
 
     async fn migrate(pool: &PgPool) -> Result<()> {
         // Replicas starting together take turns under an advisory lock, taken here rather than

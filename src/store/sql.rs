@@ -118,6 +118,9 @@ pub(super) trait Backend: Dialect {
 
     async fn statements(pool: &Pool<Self>) -> Result<Option<u64>>;
 
+    /// [`super::Inspect::upkeep`]'s statements.
+    const UPKEEP: &'static [&'static str];
+
     async fn create_scratch(pool: &Pool<Self>, url: &str, name: &str) -> Result<String>;
 
     async fn drop_scratch(pool: &Pool<Self>, name: &str) -> Result<()>;
@@ -648,6 +651,13 @@ macro_rules! shared_duties {
 
             async fn statements(&self) -> Result<Option<u64>> {
                 <$db as Backend>::statements(&self.pool).await
+            }
+
+            async fn upkeep(&self) -> Result<()> {
+                for statement in <$db as Backend>::UPKEEP {
+                    sqlx::raw_sql(statement).execute(&self.pool).await?;
+                }
+                Ok(())
             }
 
             async fn create_scratch(&self, url: &str, name: &str) -> Result<String> {

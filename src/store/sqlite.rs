@@ -142,6 +142,7 @@ impl Dialect for Sqlite {
 #[async_trait]
 impl Backend for Sqlite {
     const EXPORT: ExportDialect = EXPORT;
+    const UPKEEP: &'static [&'static str] = &[];
 
     /// IMMEDIATE takes the write lock up front: a deferred transaction that reads first may
     /// find another writer in the way when it upgrades, and fail instead of waiting.
