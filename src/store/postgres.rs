@@ -47,9 +47,11 @@ const EXPORT: ExportDialect = ExportDialect {
 /// analyzed), PostgreSQL prefers a bitmap scan of every NEW row and a sort of them all, since
 /// the sort sits under `FOR UPDATE` and no LIMIT bounds it: a burst of 100,000 jobs then costs
 /// each claim a sort of the whole backlog, spilled to disk, until autovacuum analyzes the table
-/// again. Without bitmap scans the only other plan is a sequential scan, which the planner
-/// never prefers on a table of any size. Set on the session, not in the startup packet,
-/// which poolers such as PgBouncer refuse.
+/// again. Without bitmap scans a claim from every queue, or from one, has only a sequential
+/// scan left besides its index, which the planner prefers on a tiny table alone. A claim from a
+/// list of several queues may still sort their NEW rows: an index gives one queue's order, not
+/// the list's. Set on the session, not in the startup packet, which poolers such as PgBouncer
+/// refuse.
 pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlStore<Postgres>> {
     let options = options.application_name("jobsd");
     probe(&options).await?;
