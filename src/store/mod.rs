@@ -8,6 +8,7 @@
 mod claim;
 mod claiming;
 mod files;
+mod invalid_indexes;
 mod mysql;
 mod postgres;
 mod pruning;

@@ -11,13 +11,13 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
 use super::files::{ExportDialect, column_list, copy_csv, double_quoted};
-use super::repairs;
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
 use super::{
     ImportBatch, MIGRATION_WAIT, Result, Wakes, micros, pool_options, probe, skip_held_clause,
     with_database,
 };
+use super::{invalid_indexes, repairs};
 use crate::job::NewJob;
 
 /// The channel the migration's trigger notifies on every INSERT statement.
@@ -153,8 +153,13 @@ impl Backend for Postgres {
         }
         let mut migrator = sqlx::migrate!("migrations/postgres");
         migrator.set_locking(false);
-        let applied =
-            repairs::then_migrate::<Postgres>(&mut connection, &migrator, &repairs::POSTGRES).await;
+        let applied = match invalid_indexes::rebuild(&mut connection, &migrator).await {
+            Ok(()) => {
+                repairs::then_migrate::<Postgres>(&mut connection, &migrator, &repairs::POSTGRES)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         sqlx::query(&format!("SELECT pg_advisory_unlock({key})"))
             .execute(&mut *connection)
             .await?;

@@ -17,7 +17,11 @@ use sqlx::{Connection, Executor, MySqlConnection, PgConnection};
 
 use crate::common::{Backend, TestDb};
 
-crate::on_backend!(Postgres, postgres: a_database_of_7aa111e_gets_the_time_checks_added_since);
+crate::on_backend!(
+    Postgres,
+    postgres: a_database_of_7aa111e_gets_the_time_checks_added_since,
+    an_index_whose_build_failed_is_built_again_by_the_next_migrate,
+);
 crate::on_backend!(
     Mysql,
     mysql: a_database_of_7aa111e_gets_unique_live_kept_by_triggers,
@@ -532,4 +536,79 @@ async fn a_repair_stopped_part_way_is_finished_by_the_next_migrate(db: TestDb) {
         "nothing left to repair: {printed}"
     );
     connection.close().await.expect("closes");
+}
+
+/// The migration that builds `jobs_finished_idx` concurrently.
+const FINISHED_INDEX: i64 = 20261204000011;
+
+/// `jobs_finished_idx` as the migration builds it, and whether PostgreSQL may use it.
+async fn finished_index(connection: &mut PgConnection) -> Option<(String, bool)> {
+    sqlx::query_as(
+        "SELECT pg_get_indexdef(indexrelid), indisvalid FROM pg_index \
+         WHERE indexrelid = to_regclass('jobs_finished_idx')",
+    )
+    .fetch_optional(&mut *connection)
+    .await
+    .expect("the index looked up")
+}
+
+/// Leaves `jobs_finished_idx` as a build that failed part-way leaves it: INVALID. (A unique
+/// build over two DONE rows fails at its uniqueness check, after the index exists.)
+async fn fail_a_build_of_the_finished_index(connection: &mut PgConnection) {
+    connection
+        .execute("DROP INDEX jobs_finished_idx")
+        .await
+        .expect("the built index dropped");
+    let failed = connection
+        .execute("CREATE UNIQUE INDEX CONCURRENTLY jobs_finished_idx ON jobs (status)")
+        .await;
+    assert!(failed.is_err(), "the build fails: {failed:?}");
+    let (_, valid) = finished_index(connection).await.expect("the index is left");
+    assert!(!valid, "the failed build leaves the index INVALID");
+}
+
+/// A `CREATE INDEX CONCURRENTLY` cut short leaves an INVALID index of its name, which `IF NOT
+/// EXISTS` would take for built. The next `jobsd migrate` builds it again, both when the
+/// migration is still pending (the build failed inside it) and when it is recorded as applied
+/// (a release that took the INVALID index for built).
+async fn an_index_whose_build_failed_is_built_again_by_the_next_migrate(db: TestDb) {
+    let mut connection = PgConnection::connect(&db.url).await.expect("connects");
+    let (built, _) = finished_index(&mut connection)
+        .await
+        .expect("the migrations built the index");
+    assert!(built.contains("(status, finished_at)"), "{built}");
+    connection
+        .execute("INSERT INTO jobs (status, finished_at) VALUES ('DONE', now()), ('DONE', now())")
+        .await
+        .expect("finished rows");
+
+    for pending in [true, false] {
+        fail_a_build_of_the_finished_index(&mut connection).await;
+        if pending {
+            connection
+                .execute(
+                    format!("DELETE FROM _sqlx_migrations WHERE version = {FINISHED_INDEX}")
+                        .as_str(),
+                )
+                .await
+                .expect("the migration made pending");
+        }
+        let printed = jobsd_migrate(&db).await;
+        assert!(printed.contains("building it again"), "{printed}");
+        assert_eq!(
+            finished_index(&mut connection).await,
+            Some((built.clone(), true)),
+            "built again as the migration builds it (pending: {pending})"
+        );
+        let recorded: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE version = $1 AND success",
+        )
+        .bind(FINISHED_INDEX)
+        .fetch_all(&mut connection)
+        .await
+        .expect("records read");
+        assert_eq!(recorded, [FINISHED_INDEX]);
+    }
+    // Nothing failed since: the next migrate leaves the index alone.
+    assert!(!jobsd_migrate(&db).await.contains("building it again"));
 }
