@@ -48,10 +48,9 @@ const EXPORT: ExportDialect = ExportDialect {
 /// the sort sits under `FOR UPDATE` and no LIMIT bounds it: a burst of 100,000 jobs then costs
 /// each claim a sort of the whole backlog, spilled to disk, until autovacuum analyzes the table
 /// again. Without bitmap scans a claim from every queue, or from one, has only a sequential
-/// scan left besides its index, which the planner prefers on a tiny table alone. A claim from a
-/// list of several queues may still sort their NEW rows: an index gives one queue's order, not
-/// the list's. Set on the session, not in the startup packet, which poolers such as PgBouncer
-/// refuse.
+/// scan left besides its index, which the planner prefers on a tiny table alone; a claim from
+/// several named queues takes each queue's first through its own index (`PER_QUEUE`). Set on
+/// the session, not in the startup packet, which poolers such as PgBouncer refuse.
 pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlStore<Postgres>> {
     let options = options.application_name("jobsd");
     probe(&options).await?;
@@ -70,6 +69,7 @@ pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<SqlSto
 /// The database's clock, and microseconds bound as a number (a replica's clock may disagree).
 impl Dialect for Postgres {
     const SAME: &'static str = "IS NOT DISTINCT FROM";
+    const PER_QUEUE: bool = true;
     const INTEGER: &'static str = "BIGINT";
 
     /// `infinity` and years past 9999 read as NULL: sqlx's decoding panics on them.

@@ -33,6 +33,10 @@ impl Clock {
     }
 }
 
+/// The queues whose jobs only their own claims take: paused, or with a concurrency or a rate.
+const LIMITED_QUEUES: &str = "SELECT name FROM queues WHERE paused_at IS NOT NULL \
+     OR concurrency IS NOT NULL OR rate_per_second IS NOT NULL";
+
 /// What a dialect writes differently in a state change.
 pub(super) trait Dialect: Database {
     /// The comparison that also holds when both sides are NULL.
@@ -65,6 +69,10 @@ pub(super) trait Dialect: Database {
     /// What a SELECT ends with to lock the row it reads until the transaction ends; empty on
     /// SQLite, whose write transactions already exclude each other.
     const LOCKED: &'static str = " FOR UPDATE";
+
+    /// Whether a claim from several named queues takes each queue's first jobs through a
+    /// lateral join ([`Sql::push_claimable_per_queue`]) rather than in one ordered scan.
+    const PER_QUEUE: bool = false;
 
     /// Seconds from `column`'s time to the statement's, as a double, reckoned by the database:
     /// a time a user wrote may lie beyond what a replica's clock type holds.
@@ -472,8 +480,16 @@ where
         let clock = Clock::now();
         let mut query = QueryBuilder::new("UPDATE jobs SET ");
         Self::push_claimed_as(&mut query, claim, clock);
-        query.push(" WHERE id IN (SELECT id FROM jobs");
-        Self::push_claimable(&mut query, claim, clock);
+        query.push(" WHERE id IN (");
+        match claim.scope {
+            Scope::UnlimitedOf(names) if DB::PER_QUEUE && names.len() > 1 => {
+                Self::push_claimable_per_queue(&mut query, claim, names, clock);
+            }
+            _ => {
+                query.push("SELECT id FROM jobs");
+                Self::push_claimable(&mut query, claim, clock);
+            }
+        }
         query.push(") RETURNING ");
         Self::push_claimed_columns(&mut query, claim.max_bytes);
         query
@@ -541,16 +557,48 @@ where
                 // out while no queue has a pause or a limit: it costs a claim of hundreds some
                 // tenths of a millisecond.
                 if claim.any_limits {
-                    query.push(
-                        " AND queue NOT IN (SELECT name FROM queues WHERE paused_at IS NOT NULL \
-                         OR concurrency IS NOT NULL OR rate_per_second IS NOT NULL)",
-                    );
+                    query.push(format_args!(" AND queue NOT IN ({LIMITED_QUEUES})"));
                 }
             }
         }
         query.push(" ORDER BY priority, run_at, id LIMIT ");
         query.push_bind(i64::from(claim.limit));
         query.push(DB::SKIP_LOCKED);
+    }
+
+    /// The ids a claim from several named queues takes where the database joins laterally:
+    /// each queue's first jobs in the order of its own index, locked, then the first of them
+    /// all. One ordered scan over the list has no index that gives the list's order, so
+    /// PostgreSQL reads and sorts every NEW row of the listed queues for it; each queue's
+    /// subquery here stops at the LIMIT. A queue's rows locked beyond the first `limit` of all
+    /// go free when the claim ends, a moment later.
+    fn push_claimable_per_queue(
+        query: &mut QueryBuilder<'a, DB>,
+        claim: &Claim<'_>,
+        names: &[String],
+        clock: Clock,
+    ) {
+        query.push("SELECT claimable.id FROM (VALUES ");
+        let mut list = query.separated(", ");
+        for name in names {
+            list.push("(");
+            list.push_bind_unseparated(name.clone());
+            list.push_unseparated(")");
+        }
+        query.push(
+            ") AS listed (name) CROSS JOIN LATERAL (SELECT id, priority, run_at FROM jobs \
+             WHERE status = 'NEW' AND run_at <= ",
+        );
+        DB::push_now(query, clock);
+        query.push(" AND queue = listed.name ORDER BY priority, run_at, id LIMIT ");
+        query.push_bind(i64::from(claim.limit));
+        query.push(DB::SKIP_LOCKED);
+        query.push(") AS claimable");
+        if claim.any_limits {
+            query.push(format_args!(" WHERE listed.name NOT IN ({LIMITED_QUEUES})"));
+        }
+        query.push(" ORDER BY claimable.priority, claimable.run_at, claimable.id LIMIT ");
+        query.push_bind(i64::from(claim.limit));
     }
 
     /// The columns a claim returns: what [`claimed`](super::claim::claimed) decodes. Each big

@@ -44,11 +44,15 @@ mod sqlite_only {
 
 /// What only PostgreSQL needs: its planner picks the claim's plan from the table's statistics.
 mod postgres_only {
-    use super::a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order;
+    use super::{
+        a_claim_from_several_queues_takes_each_queues_first_without_sorting_their_backlog,
+        a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order,
+    };
 
     crate::on_backend!(
         Postgres,
-        postgres: a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order
+        postgres: a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order,
+        a_claim_from_several_queues_takes_each_queues_first_without_sorting_their_backlog,
     );
 }
 
@@ -226,14 +230,7 @@ async fn a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order(db: TestD
         .await
         .expect("backlog");
     let ids: Vec<i64> = db.all_rows().await.iter().map(|row| row.id).collect();
-    for setting in ["work_mem = ''64kB''", "temp_file_limit = 0"] {
-        db.exec(&format!(
-            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {setting}', current_database()); END $$"
-        ))
-        .await
-        .expect("a setting of the test's database");
-    }
-    // Connected after the settings, which apply to new sessions.
+    refuse_temporary_files(&db).await;
     let store = db.store().await;
     for (start, expected) in [(false, &ids[..10]), (true, &ids[10..20])] {
         let claimed = store
@@ -245,6 +242,69 @@ async fn a_claim_walks_a_backlog_the_statistics_have_not_seen_in_order(db: TestD
             expected
         );
     }
+}
+
+/// Makes the database refuse what needs a temporary file (a sort of more than 64 kB) to the
+/// sessions that connect after.
+async fn refuse_temporary_files(db: &TestDb) {
+    for setting in ["work_mem = ''64kB''", "temp_file_limit = 0"] {
+        db.exec(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {setting}', current_database()); END $$"
+        ))
+        .await
+        .expect("a setting of the test's database");
+    }
+}
+
+/// A replica serving two of three queues, on a table never analyzed: no index gives the order
+/// of the two together, and PostgreSQL would read and sort all 100,000 of their jobs for one
+/// ordered claim over both. Each queue's first jobs are taken in its own index's order, and the first of them all
+/// claimed: the urgent jobs of `b` inserted last, then the oldest of either, none of `c`.
+async fn a_claim_from_several_queues_takes_each_queues_first_without_sorting_their_backlog(
+    db: TestDb,
+) {
+    db.exec(
+        "INSERT INTO jobs (sleep, queue) SELECT 0, CASE WHEN n % 2 = 0 THEN 'a' ELSE 'b' END \
+         FROM generate_series(1, 100000) AS n",
+    )
+    .await
+    .expect("backlog");
+    db.exec(
+        "INSERT INTO jobs (sleep, queue, priority) SELECT 0, 'c', -5 FROM generate_series(1, 3)",
+    )
+    .await
+    .expect("jobs of a queue not served");
+    db.exec(
+        "INSERT INTO jobs (sleep, queue, priority) SELECT 0, 'b', -1 FROM generate_series(1, 3)",
+    )
+    .await
+    .expect("urgent jobs");
+    let rows = db.all_rows().await;
+    let urgent = rows
+        .iter()
+        .filter(|row| row.priority == -1)
+        .map(|row| row.id);
+    let oldest = rows.iter().take(7).map(|row| row.id);
+    let expected: Vec<i64> = urgent.chain(oldest).collect();
+    refuse_temporary_files(&db).await;
+    let store = db.store().await;
+    let served = ["a".to_owned(), "b".to_owned()];
+    let claimed = store
+        .claim(&jobsd::store::Claim {
+            scope: jobsd::store::Scope::UnlimitedOf(&served),
+            ..jobsd::store::Claim::new("w", 10, true)
+        })
+        .await
+        .expect("the claim needs no sort of the backlog");
+    assert_eq!(
+        claimed.iter().map(|job| job.id).collect::<Vec<_>>(),
+        expected
+    );
+    let changed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status <> 'NEW'")
+        .fetch_one(&db.sql().await)
+        .await
+        .expect("count");
+    assert_eq!(changed, 10, "only the claimed rows changed");
 }
 
 async fn dead_jobs_settle_three_ways(db: TestDb) {
