@@ -1,14 +1,17 @@
 //! What a replica has done, for Prometheus: jobs started and finished (by queue, kind and
 //! outcome), how long they ran and waited, and how many rows the table holds by queue and
 //! status. Counters are this replica's own work, recorded at the few places every job passes
-//! (its start, and its outcome once written); the table's gauges come from one cheap grouped
-//! count every few seconds, by whichever replica is asked.
+//! (its start, and its outcome once written); the table's gauges come from one grouped count
+//! every few seconds while someone scrapes. That count reads every row of the table, finished
+//! ones too, so a replica nobody scrapes never makes it, and one scraped every 30 s makes it
+//! once per scrape, not six times.
 //!
 //! The listener serves `GET /metrics` and nothing else: jobsd has no HTTP API. It starts only
 //! when `metrics_addr` is set.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -96,6 +99,8 @@ pub struct Metrics {
     duration: Family<Job, Histogram, fn() -> Histogram>,
     wait: Family<Queue, Histogram, fn() -> Histogram>,
     rows: Family<Rows, Gauge>,
+    /// Set by a scrape, taken by the next count: the table is counted only for someone.
+    scraped: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -132,6 +137,7 @@ impl Default for Metrics {
             duration,
             wait,
             rows,
+            scraped: AtomicBool::new(false),
         }
     }
 }
@@ -207,7 +213,7 @@ impl Metrics {
     }
 }
 
-/// How often the table's rows are counted for the gauges.
+/// How often the table's rows are counted for the gauges, at most: after a scrape.
 const COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// Serves `GET /metrics` on `addr` until `stop`, counting the table's rows meanwhile; every
@@ -265,6 +271,7 @@ fn answer(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes
     if request.method() != Method::GET || request.uri().path() != "/metrics" {
         return response(StatusCode::NOT_FOUND, "not found\n".to_owned());
     }
+    metrics.scraped.store(true, Ordering::Relaxed);
     let mut ok = response(StatusCode::OK, metrics.render());
     ok.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -282,6 +289,9 @@ async fn count_rows(metrics: Arc<Metrics>, store: Arc<dyn Store>, stop: Cancella
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
+        }
+        if !metrics.scraped.swap(false, Ordering::Relaxed) {
+            continue;
         }
         match store.queue_counts().await {
             Ok(counts) => metrics.rows(&counts),
