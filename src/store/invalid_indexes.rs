@@ -11,7 +11,7 @@
 //! one under way: a build whose session still runs holds the lock until it ends.
 
 use sqlx::PgConnection;
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migrate, Migrator};
 
 use super::Result;
 
@@ -26,17 +26,14 @@ pub(super) async fn rebuild(connection: &mut PgConnection, migrator: &Migrator) 
     if invalid.is_empty() {
         return Ok(());
     }
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(&mut *connection)
-            .await
-            .or_else(|error| match &error {
-                // No records' table yet: nothing is applied.
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
-                    Ok(Vec::new())
-                }
-                _ => Err(error),
-            })?;
+    // sqlx's own records, read as its migrator reads them (the table made first if missing).
+    connection.ensure_migrations_table().await?;
+    let applied: Vec<i64> = connection
+        .list_applied_migrations()
+        .await?
+        .iter()
+        .map(|migration| migration.version)
+        .collect();
     // Each failed index, and the text that builds it when the migrator will not.
     let failed: Vec<(String, Option<String>)> = migrator
         .iter()

@@ -14,10 +14,9 @@ use super::files::{ExportDialect, column_list, copy_csv, double_quoted};
 use super::sql::{Backend, SqlStore};
 use super::statements::{Clock, Dialect};
 use super::{
-    ImportBatch, MIGRATION_WAIT, Result, Wakes, micros, pool_options, probe, skip_held_clause,
-    with_database,
+    ImportBatch, MIGRATION_WAIT, Result, Wakes, invalid_indexes, micros, pool_options, probe,
+    repairs, skip_held_clause, with_database,
 };
-use super::{invalid_indexes, repairs};
 use crate::job::NewJob;
 
 /// The channel the migration's trigger notifies on every INSERT statement.
