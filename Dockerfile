@@ -8,7 +8,7 @@ WORKDIR /src
 # flag reaches the binary but not the build's own proc-macros.
 ENV RUSTFLAGS="-C target-feature=+crt-static"
 # Dependencies first, in a layer of their own: source edits do not rebuild them.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
