@@ -1,21 +1,28 @@
-//! Writes the outcomes of finished jobs in batches. A job's task hands its outcome over and
-//! frees its slot at once; the completer writes whatever has gathered in one call to the store,
-//! and while that write is on its way the next batch gathers. So a lone job waits for no timer,
-//! and a busy replica spends one statement on hundreds of jobs instead of one each.
+//! Writes what runs report, in batches: the outcomes of finished jobs, and the starts of jobs
+//! that ran as soon as a consumer took them, before their start was written. A job's task hands
+//! its report over and goes on (or frees its slot) at once; the completer writes whatever has
+//! gathered in one call to the store per kind of write, and while that is on its way the next
+//! batch gathers. So a lone job waits for no timer, and a busy replica spends one statement on
+//! hundreds of jobs instead of one each. A job that ends before its start is written (most
+//! short jobs claimed ahead) has both written by one UPDATE, from QUEUED to DONE: a job then
+//! costs its claim and that one write, as one claimed for a free consumer does.
 //!
-//! Until its outcome is written a job stays RUNNING in the table and held by this replica's
-//! worker id, so shutdown waits for the completer before it releases what is left.
+//! Reports come in order: a job's start before its end, and each batch is written before the
+//! next, so a row's writes never overtake each other. Until its outcome is written a job stays
+//! in the table as its claim or start left it, held by this replica's worker id, so shutdown
+//! waits for the completer before it releases what is left.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::job::Outcome;
+use crate::job::{Outcome, Report};
 use crate::replica::Replica;
 use crate::store::is_transient;
 
-/// The most outcomes written by one call: a statement's size stays well inside every
+/// The most reports written by one call: a statement's size stays well inside every
 /// database's limits.
 pub(crate) const BATCH: usize = 1000;
 
@@ -27,21 +34,151 @@ pub(crate) struct Completer {
 }
 
 impl Completer {
-    /// Writes outcomes from `outcomes` until every sender is gone and the channel is empty.
-    pub async fn run(self, mut outcomes: mpsc::Receiver<(i64, Outcome)>) {
+    /// Writes reports from `reports` until every sender is gone and the channel is empty.
+    pub async fn run(self, mut reports: mpsc::Receiver<Report>) {
         let mut batch = Vec::with_capacity(BATCH);
-        while outcomes.recv_many(&mut batch, BATCH).await > 0 {
-            self.record(&batch).await;
-            for (id, _) in &batch {
-                self.replica.held.finished(*id);
-            }
-            self.replica.held.slots.outcomes_written();
-            batch.clear();
+        while reports.recv_many(&mut batch, BATCH).await > 0 {
+            self.write_batch(std::mem::take(&mut batch)).await;
         }
         tracing::debug!("completer stopped");
     }
 
-    /// Writes a batch. While the database is out of reach, it tries again until it answers: a
+    /// The starts first, then the outcomes: those of jobs whose start is in the same batch
+    /// and that ended DONE in one write with it, the others as they come.
+    async fn write_batch(&self, batch: Vec<Report>) {
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        for report in batch {
+            match report {
+                Report::Started(id, at) => starts.push((id, at)),
+                Report::Ended(id, outcome) => ends.push((id, outcome)),
+            }
+        }
+        let mut unstarted = Vec::new();
+        if !starts.is_empty() {
+            let starting: HashSet<i64> = starts.iter().map(|(id, _)| *id).collect();
+            let (done, others): (Vec<_>, Vec<_>) = ends.into_iter().partition(|(id, outcome)| {
+                matches!(outcome, Outcome::Done) && starting.contains(id)
+            });
+            ends = others;
+            let done: HashSet<i64> = done.into_iter().map(|(id, _)| id).collect();
+            let (both, only): (Vec<_>, Vec<_>) =
+                starts.into_iter().partition(|(id, _)| done.contains(id));
+            unstarted = both;
+            self.start(&only).await;
+        }
+        if !unstarted.is_empty() {
+            self.finish_unstarted(&unstarted).await;
+        }
+        if !ends.is_empty() {
+            self.record(&ends).await;
+        }
+        let held = &self.replica.held;
+        for id in unstarted
+            .iter()
+            .map(|(id, _)| id)
+            .chain(ends.iter().map(|(id, _)| id))
+        {
+            held.finished(*id);
+        }
+        held.slots.outcomes_written();
+    }
+
+    /// Writes the starts of jobs already running. A start the database may or may not have
+    /// committed (the connection broke on the way back) is tried again until it answers, and
+    /// then those RUNNING by this worker are started (only this replica's start could have
+    /// made them so). A job whose start is refused was taken back first (terminated, paused,
+    /// given back): its run is stopped.
+    async fn start(&self, starts: &[(i64, Instant)]) {
+        if starts.is_empty() {
+            return;
+        }
+        let (store, worker, held) = (
+            &self.replica.store,
+            &self.replica.worker,
+            &self.replica.held,
+        );
+        let ids: Vec<i64> = starts.iter().map(|(id, _)| *id).collect();
+        let mut wait = Duration::from_millis(100);
+        let mut started = store.mark_started(worker, &ids, since(starts)).await;
+        while let Err(error) = &started
+            && is_transient(error)
+        {
+            tracing::warn!(jobs = ids.len(), %error, retry_in = ?wait, "could not write starts; trying again");
+            held.set_stalled(true);
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(MAX_WAIT);
+            let again = async {
+                store.mark_started(worker, &ids, since(starts)).await?;
+                let lost = store.lost(worker, &ids).await?;
+                Ok(ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !lost.contains(id))
+                    .collect())
+            };
+            started = again.await;
+        }
+        held.set_stalled(false);
+        let mut started = match started {
+            Ok(started) => started,
+            Err(error) => {
+                // The database refuses the start itself (a trigger or constraint of the
+                // user's): the runs stop, and the dead-job sweep gives the jobs back.
+                tracing::error!(jobs = ids.len(), %error, "could not write starts; stopping those runs");
+                Vec::new()
+            }
+        };
+        started.sort_unstable();
+        for id in ids {
+            if started.binary_search(&id).is_ok() {
+                held.start_written(id);
+            } else if held.take_away(id) {
+                tracing::info!(
+                    job = id,
+                    "taken back before its start was written; stopping its run"
+                );
+            }
+        }
+    }
+
+    /// Writes jobs that ended DONE before their start was written, start and outcome at once.
+    /// Should the database refuse that for the data of one, each is written as any other: the
+    /// start, then the outcome.
+    async fn finish_unstarted(&self, jobs: &[(i64, Instant)]) {
+        let replica = &self.replica;
+        let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+        let mut wait = Duration::from_millis(100);
+        let done = loop {
+            match replica
+                .store
+                .finish_unstarted(&replica.worker, &ids, since(jobs))
+                .await
+            {
+                Err(error) if is_transient(&error) => {
+                    tracing::warn!(jobs = ids.len(), %error, retry_in = ?wait, "could not record outcomes");
+                    replica.held.set_stalled(true);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_WAIT);
+                }
+                done => {
+                    replica.held.set_stalled(false);
+                    break done;
+                }
+            }
+        };
+        let outcomes: Vec<(i64, Outcome)> = ids.iter().map(|id| (*id, Outcome::Done)).collect();
+        match done {
+            Ok(won) => self.report(&outcomes, won),
+            Err(error) => {
+                tracing::warn!(jobs = ids.len(), %error, "jobs that ended before their start was written were refused; writing start and outcome apart");
+                self.start(jobs).await;
+                self.record(&outcomes).await;
+            }
+        }
+    }
+
+    /// Writes outcomes. While the database is out of reach, it tries again until it answers: a
     /// job that finished must not be run again, nor cancelled as dead, because of an outage.
     /// Meanwhile the dead-jobs pass vouches for these jobs, and the pool claims nothing new once
     /// the channel is full. A batch the database refuses for its data is written one outcome at
@@ -94,10 +231,14 @@ impl Completer {
             match replica.store.finish(&replica.worker, outcomes).await {
                 Err(error) if is_transient(&error) => {
                     tracing::warn!(jobs = outcomes.len(), %error, retry_in = ?wait, "could not record outcomes");
+                    replica.held.set_stalled(true);
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_WAIT);
                 }
-                done => return done,
+                done => {
+                    replica.held.set_stalled(false);
+                    return done;
+                }
             }
         }
     }
@@ -121,4 +262,14 @@ impl Completer {
             }
         }
     }
+}
+
+/// How long ago the latest of `starts` began: the start written for all of them, which none
+/// began after.
+fn since(starts: &[(i64, Instant)]) -> Duration {
+    starts
+        .iter()
+        .map(|(_, at)| at.elapsed())
+        .min()
+        .unwrap_or_default()
 }

@@ -16,9 +16,8 @@ use tokio_util::task::TaskTracker;
 use crate::context::JobContext;
 use crate::handlers::{Handlers, Permanent};
 use crate::held::{Claimed, HeldJob, State};
-use crate::job::{ClaimedJob, Outcome, backoff};
+use crate::job::{ClaimedJob, Outcome, Report, backoff};
 use crate::replica::Replica;
-use crate::store::is_transient;
 
 pub(crate) struct Pool {
     pub replica: Arc<Replica>,
@@ -26,8 +25,8 @@ pub(crate) struct Pool {
     /// `None` when `rate_per_second` is 0.
     pub limiter: Option<DefaultDirectRateLimiter>,
     pub retry_backoff: Duration,
-    /// Where a finished job's outcome goes to be written.
-    pub completer: mpsc::Sender<(i64, Outcome)>,
+    /// Where a run's start (when the claim left it QUEUED) and outcome go to be written.
+    pub completer: mpsc::Sender<Report>,
 }
 
 /// How a job's task ended.
@@ -50,28 +49,19 @@ pub(crate) fn limiter(rate_per_second: u32) -> Option<DefaultDirectRateLimiter> 
     ))
 }
 
-/// The most jobs one statement starts.
-const START_BATCH: usize = 1000;
-
 impl Pool {
     /// Starts jobs from `channel` until `stop`, then gives back what is still waiting in it,
     /// except jobs whose claim started them: those are running as far as the table says, so
     /// they run, under shutdown's grace like the rest. Jobs run in `jobs`.
     ///
-    /// Jobs that wait QUEUED start in batches: each takes a free consumer and the limiter's
-    /// leave, and as many as are ready go out in one statement, whose round trip overlaps the
-    /// next batch's gathering, the claims and the outcomes being written.
+    /// A job that waits QUEUED takes a free consumer and the limiter's leave, and runs at once:
+    /// its start is written behind the run, by the completer (see [`HeldJob::begin_run`]).
     pub async fn run(
         self: Arc<Self>,
         mut channel: mpsc::Receiver<Claimed>,
         stop: CancellationToken,
         jobs: TaskTracker,
     ) {
-        // Starts go out as a group commit: while one statement is on its way, the next batch
-        // gathers, so a busy pool starts hundreds of jobs a statement and a lone job waits for
-        // no timer.
-        let (starts, ready) = mpsc::unbounded_channel();
-        jobs.spawn(Arc::clone(&self).starter(ready, jobs.clone(), stop.clone()));
         let mut next: Option<Claimed> = None;
         loop {
             let claimed = match next.take() {
@@ -104,11 +94,8 @@ impl Pool {
                 next = Some(claimed);
                 break;
             }
-            if starts.send(claimed).is_err() {
-                break;
-            }
+            Arc::clone(&self).start(claimed, &jobs, &stop).await;
         }
-        drop(starts);
         channel.close();
         let mut back = Vec::new();
         for claimed in next
@@ -123,25 +110,6 @@ impl Pool {
             }
         }
         self.give_back(back).await;
-    }
-
-    /// Starts the jobs that have their consumer and the limiter's leave, as many at once as
-    /// have gathered, until the pool stops sending; after `stop`, gives them back instead.
-    async fn starter(
-        self: Arc<Self>,
-        mut ready: mpsc::UnboundedReceiver<Claimed>,
-        jobs: TaskTracker,
-        stop: CancellationToken,
-    ) {
-        let mut batch = Vec::with_capacity(START_BATCH);
-        while ready.recv_many(&mut batch, START_BATCH).await > 0 {
-            let claimed = std::mem::take(&mut batch);
-            if stop.is_cancelled() {
-                self.give_back(claimed).await;
-            } else {
-                Arc::clone(&self).start(claimed, &jobs, &stop).await;
-            }
-        }
     }
 
     /// Sends on their way the jobs that need no start from the pool: those the claim started,
@@ -203,7 +171,7 @@ impl Pool {
         // reserved moment, where it would crowd the starts other replicas reserved next: a job
         // the limiter would delay goes back, to be reserved again.
         if due && self.allowed() {
-            self.start(vec![claimed], jobs, &stop).await;
+            self.start(claimed, jobs, &stop).await;
         } else {
             if due {
                 tracing::debug!(
@@ -215,68 +183,44 @@ impl Pool {
         }
     }
 
-    /// Starts QUEUED jobs, each holding a consumer, in one statement, and runs those it
-    /// started, each in a task of its own in `jobs`. One taken back meanwhile (terminated,
-    /// paused) is let go of.
+    /// Runs a QUEUED job that holds a consumer, in a task of its own in `jobs`, and hands its
+    /// start to the completer to be written behind the run. One taken back meanwhile
+    /// (terminated, or withdrawn by a pause) is let go of.
     async fn start(
         self: Arc<Self>,
-        batch: Vec<Claimed>,
+        claimed: Claimed,
         jobs: &TaskTracker,
         stop: &CancellationToken,
     ) {
-        let ids: Vec<i64> = batch.iter().map(|claimed| claimed.job.id).collect();
-        let mut started = self.mark_started(&ids, stop).await;
-        started.sort_unstable();
-        for mut claimed in batch {
-            if started.binary_search(&claimed.job.id).is_err() {
-                tracing::debug!(job = claimed.job.id, "taken back before it started");
-                // Dropping it lets go of the job and frees its place and consumer.
-                continue;
-            }
-            claimed.held.set(State::Running);
-            claimed.started = true;
-            let pool = Arc::clone(&self);
-            jobs.spawn(async move { pool.run_job(claimed).await });
+        let id = claimed.job.id;
+        if !claimed.held.begin_run() {
+            tracing::debug!(job = id, "taken back before it started");
+            // Dropping it lets go of the job and frees its place and consumer.
+            return;
         }
-    }
-
-    /// Which of `ids` the start made RUNNING. A start the database may or may not have
-    /// committed (the connection broke on the way back) is neither run nor dropped: held, and
-    /// so vouched for, the jobs wait until the database answers, and then those RUNNING by this
-    /// worker run (only this replica's start could have made them so) and those still QUEUED
-    /// are started. Dropped, a started job would be taken for dead and cancelled. Shutdown ends
-    /// the wait; its final release gives the jobs back.
-    async fn mark_started(&self, ids: &[i64], stop: &CancellationToken) -> Vec<i64> {
-        let (store, worker) = (&self.replica.store, &self.replica.worker);
-        let mut error = match store.mark_started(worker, ids).await {
-            Ok(started) => return started,
-            Err(error) => error,
-        };
-        let mut wait = Duration::from_millis(100);
-        while is_transient(&error) {
-            tracing::warn!(jobs = ids.len(), %error, retry_in = ?wait, "could not start jobs; trying again");
+        // Sent before the run can end, so that the start is written before the outcome.
+        let began = std::time::Instant::now();
+        if self
+            .completer
+            .send(Report::Started(id, began))
+            .await
+            .is_err()
+        {
+            tracing::error!(job = id, "the completer has stopped; the job is given back");
+            self.give_back(vec![claimed]).await;
+            return;
+        }
+        if self.replica.held.stalled() {
+            // The database does not answer: the run waits until it knows of it.
+            let wires = claimed.held.wires();
             tokio::select! {
-                () = stop.cancelled() => return Vec::new(),
-                () = tokio::time::sleep(wait) => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(5));
-            let again = async {
-                store.mark_started(worker, ids).await?;
-                store.lost(worker, ids).await
-            };
-            match again.await {
-                Ok(lost) => {
-                    return ids
-                        .iter()
-                        .copied()
-                        .filter(|id| !lost.contains(id))
-                        .collect();
-                }
-                Err(next) => error = next,
+                biased;
+                () = wires.lost.cancelled() => return,
+                () = stop.cancelled() => return self.give_back(vec![claimed]).await,
+                () = wires.signals.started() => {}
             }
         }
-        tracing::warn!(jobs = ids.len(), %error, "could not start jobs; the dead-job sweep will requeue them");
-        Vec::new()
+        jobs.spawn(async move { self.run_job(claimed).await });
     }
 
     /// Claimed jobs this replica will not start after all go back to NEW for anyone to take.

@@ -166,6 +166,7 @@ impl JobContext {
         let (id, replica) = (self.job.id, &self.replica);
         // A database that hangs rather than fails must not hold the handler past its lease;
         // one that answers says itself whether the job is still ours, however late it is.
+        self.started().await;
         let left = replica.dead_after.saturating_sub(self.since_vouched());
         let wait = left.max(replica.heartbeat_interval);
         let beat = replica.store.heartbeat(id, &replica.worker, progress);
@@ -175,7 +176,7 @@ impl JobContext {
             Err(_) => "no answer".to_owned(),
         };
         self.unvouched(&error).await;
-        if self.held.wires().pause.requested() {
+        if self.held.wires().signals.pause_requested() {
             self.pause_here().await;
         }
     }
@@ -226,7 +227,12 @@ impl JobContext {
                 () = tokio::time::sleep(self.heartbeat_interval()) => {}
             }
             // The work goes on while the database answers.
-            let beat = store.heartbeat(self.job.id, &self.replica.worker, None);
+            let beat = async {
+                self.started().await;
+                store
+                    .heartbeat(self.job.id, &self.replica.worker, None)
+                    .await
+            };
             let ours = tokio::select! {
                 done = &mut work => return done,
                 ours = beat => ours,
@@ -247,13 +253,31 @@ impl JobContext {
             self.stop_here().await;
         }
         self.vouched_now();
-        if self.held.wires().pause.requested() {
+        if self.held.wires().signals.pause_requested() {
             self.pause_here().await;
         }
     }
 
-    pub(crate) fn store(&self) -> &dyn crate::store::Store {
+    /// The store, for a handler's own writes: once the run's start is written, which they
+    /// must not overtake.
+    pub(crate) async fn store(&self) -> &dyn crate::store::Store {
+        self.started().await;
         &*self.replica.store
+    }
+
+    /// Waits until the run's start is written (the completer writes it behind the run of a job
+    /// claimed ahead, within a round trip or two): a write of the run's own before it would find
+    /// the job not yet RUNNING and take it for lost. While the database does not answer, the
+    /// wait lasts the lease, as a heartbeat's does.
+    async fn started(&self) {
+        let signals = &self.held.wires().signals;
+        loop {
+            let left = self.replica.dead_after.saturating_sub(self.since_vouched());
+            if tokio::time::timeout(left, signals.started()).await.is_ok() {
+                return;
+            }
+            self.unvouched("its start is not written yet").await;
+        }
     }
 
     pub(crate) fn worker(&self) -> &str {
@@ -277,7 +301,7 @@ impl JobContext {
         loop {
             // Waits for a wake-up, not a timer: a paused job costs no CPU. A job taken away
             // meanwhile is dropped by the daemon, wherever it waits.
-            held.wires().pause.lifted().await;
+            held.wires().signals.pause_lifted().await;
             if !held.take_back_slot().await {
                 self.stop_here().await
             }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{ClaimedJob, Outcome};
+use crate::job::{ClaimedJob, Outcome, Report};
 
 /// A held job's queue and kind: what its metrics are labelled with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,8 +47,9 @@ pub struct Wires {
     /// Fires when the job must be released to NEW: shutdown's grace is over, or it is
     /// shutting down while the job is paused.
     pub interrupt: CancellationToken,
-    /// Whether a pause is requested; a handler's checkpoint waits until it is lifted.
-    pub pause: Arc<PauseSignal>,
+    /// Whether a pause is requested (a handler's checkpoint waits until it is lifted), and
+    /// whether the run's start is written (the run's own writes wait for it).
+    pub signals: Arc<Signals>,
     /// Fired by the run itself when no sign of life has reached the database for
     /// `dead_after`: it stops, and the job is given back once the database answers.
     pub lapsed: CancellationToken,
@@ -71,6 +72,9 @@ pub(crate) struct Held {
     jobs: Mutex<HashMap<i64, Entry>>,
     /// The parent of every job's interrupt token: fired when shutdown's grace is over.
     interrupt_all: CancellationToken,
+    /// The completer's last write failed for want of the database: until one succeeds, a run
+    /// waits for its start to be written before it begins ([`HeldJob::begin_run`]).
+    stalled: AtomicBool,
     pub slots: Slots,
 }
 
@@ -81,12 +85,12 @@ struct Entry {
     lost: CancellationToken,
     interrupt: CancellationToken,
     /// Also tells this run's entry from a later run's of the same job: each run has its own.
-    pause: Arc<PauseSignal>,
+    signals: Arc<Signals>,
 }
 
 impl Entry {
-    fn is_of(&self, pause: &Arc<PauseSignal>) -> bool {
-        Arc::ptr_eq(&self.pause, pause)
+    fn is_of(&self, signals: &Arc<Signals>) -> bool {
+        Arc::ptr_eq(&self.signals, signals)
     }
 }
 
@@ -270,7 +274,27 @@ impl HeldJob {
     /// Running, Paused or Releasing; FINISHING comes with [`HeldJob::hand_over`].
     pub fn set(&self, state: State) {
         debug_assert!(state != State::Queued && state != State::Finishing);
-        self.held.set(self.id, &self.wires.pause, state);
+        self.held.set(self.id, &self.wires.signals, state);
+    }
+
+    /// The run is about to begin: the job is Running here, unless it was taken away or withdrawn
+    /// meanwhile (`false`: it is let go of). A job the claim left QUEUED runs before its start
+    /// is written: the completer writes it behind the run, in the same write as the outcome when
+    /// the run is over by then, and the run's own writes wait for it ([`Signals::started`]).
+    /// Only while the database answers, though (see [`Held::stalled`]): a run the database
+    /// does not know of must not begin in an outage, which may outlast its claim's lease.
+    pub fn begin_run(&self) -> bool {
+        let mut jobs = self.held.lock();
+        // Under the lock that a pause's withdrawal takes too: one of the two wins.
+        if self.wires.lost.is_cancelled() {
+            return false;
+        }
+        if let Some(entry) = jobs.get_mut(&self.id)
+            && entry.is_of(&self.wires.signals)
+        {
+            entry.state = State::Running;
+        }
+        true
     }
 
     /// Whether the job holds a consumer: its claim started it, or gave it one for its start.
@@ -334,13 +358,13 @@ impl HeldJob {
     /// replica's. The slot is kept until the completer takes the outcome: if it falls behind,
     /// claims wait rather than pile up finished jobs in memory. `false` if the completer has
     /// stopped; the job is then let go of like any other.
-    pub async fn hand_over(
-        mut self,
-        completer: &mpsc::Sender<(i64, Outcome)>,
-        outcome: Outcome,
-    ) -> bool {
-        self.held.set(self.id, &self.wires.pause, State::Finishing);
-        self.handed_over = completer.send((self.id, outcome)).await.is_ok();
+    pub async fn hand_over(mut self, completer: &mpsc::Sender<Report>, outcome: Outcome) -> bool {
+        self.held
+            .set(self.id, &self.wires.signals, State::Finishing);
+        self.handed_over = completer
+            .send(Report::Ended(self.id, outcome))
+            .await
+            .is_ok();
         self.handed_over
     }
 
@@ -355,38 +379,55 @@ impl HeldJob {
 impl Drop for HeldJob {
     fn drop(&mut self) {
         if !self.handed_over {
-            self.held.leave(self.id, &self.wires.pause);
+            self.held.leave(self.id, &self.wires.signals);
         }
         self.give_up_slot();
     }
 }
 
-/// Whether a pause is requested, and a wake-up when that changes. A watch channel would do, at
-/// several times the size; every held job has one.
+/// Whether a pause is requested, whether the run's start is written, and a wake-up when either
+/// changes. Watch channels would do, at several times the size; every held job has one.
 #[derive(Default)]
-pub struct PauseSignal {
-    requested: AtomicBool,
+pub struct Signals {
+    pause: AtomicBool,
+    started: AtomicBool,
     changed: Notify,
 }
 
-impl PauseSignal {
-    fn set(&self, pause: bool) {
-        self.requested.store(pause, Ordering::SeqCst);
+impl Signals {
+    fn set_pause(&self, pause: bool) {
+        self.pause.store(pause, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
-    pub fn requested(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
+    fn set_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn pause_requested(&self) -> bool {
+        self.pause.load(Ordering::SeqCst)
     }
 
     /// Waits, without a timer, until no pause is requested.
-    pub async fn lifted(&self) {
+    pub async fn pause_lifted(&self) {
+        self.until(|signals| !signals.pause_requested()).await;
+    }
+
+    /// Waits, without a timer, until the run's start is written: the claim's, or the
+    /// completer's, which writes it behind the run (see [`HeldJob::begin_run`]).
+    pub async fn started(&self) {
+        self.until(|signals| signals.started.load(Ordering::SeqCst))
+            .await;
+    }
+
+    async fn until(&self, done: impl Fn(&Self) -> bool) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             // Registered before the check, so a change between the two is not missed.
             changed.as_mut().enable();
-            if !self.requested() {
+            if done(self) {
                 return;
             }
             changed.await;
@@ -394,11 +435,24 @@ impl PauseSignal {
     }
 }
 
+/// What a pause request did to a job this replica holds, or would have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseTaken {
+    /// It runs: the pause is passed to its task, which applies it at its next checkpoint.
+    Signalled,
+    /// It waited for a consumer: it will not start here, and the request is to be applied as
+    /// to any waiting job.
+    Withdrawn,
+    /// This replica does not hold it.
+    NotHeld,
+}
+
 impl Held {
     pub fn new(slots: Slots) -> Self {
         Held {
             jobs: Mutex::default(),
             interrupt_all: CancellationToken::new(),
+            stalled: AtomicBool::new(false),
             slots,
         }
     }
@@ -416,13 +470,17 @@ impl Held {
     ) -> HeldJob {
         let lost = CancellationToken::new();
         let interrupt = self.interrupt_all.child_token();
-        let pause = Arc::new(PauseSignal::default());
+        let signals = Arc::new(Signals::default());
+        if state == State::Running {
+            // The claim started it.
+            signals.set_started();
+        }
         let entry = Entry {
             state,
             labels: Arc::new(labels),
             lost: lost.clone(),
             interrupt: interrupt.clone(),
-            pause: Arc::clone(&pause),
+            signals: Arc::clone(&signals),
         };
         self.lock().insert(id, entry);
         let waiting = run.is_none();
@@ -435,7 +493,7 @@ impl Held {
             wires: Wires {
                 lost,
                 interrupt,
-                pause,
+                signals,
                 lapsed: CancellationToken::new(),
             },
             permits: Mutex::new(Permits {
@@ -447,19 +505,19 @@ impl Held {
         }
     }
 
-    /// Sets the state of the run whose pause signal is `pause`, if its entry is still here.
-    fn set(&self, id: i64, pause: &Arc<PauseSignal>, state: State) {
+    /// Sets the state of the run whose signals are `signals`, if its entry is still here.
+    fn set(&self, id: i64, signals: &Arc<Signals>, state: State) {
         if let Some(entry) = self.lock().get_mut(&id)
-            && entry.is_of(pause)
+            && entry.is_of(signals)
         {
             entry.state = state;
         }
     }
 
-    /// Removes the entry of the run whose pause signal is `pause`, and not a later run's.
-    fn leave(&self, id: i64, pause: &Arc<PauseSignal>) {
+    /// Removes the entry of the run whose signals are `signals`, and not a later run's.
+    fn leave(&self, id: i64, signals: &Arc<Signals>) {
         let mut jobs = self.lock();
-        if jobs.get(&id).is_some_and(|entry| entry.is_of(pause)) {
+        if jobs.get(&id).is_some_and(|entry| entry.is_of(signals)) {
             jobs.remove(&id);
         }
     }
@@ -486,11 +544,41 @@ impl Held {
         self.with(id, |entry| entry.lost.cancel())
     }
 
-    /// Asks the job's task to pause (`true`) or go on (`false`) at its next checkpoint.
-    pub fn signal_pause(&self, id: i64, pause: bool) -> bool {
-        self.with(id, |entry| {
-            entry.pause.set(pause);
-        })
+    /// A pause requested of a job: one that waits for a consumer is withdrawn (its run never
+    /// begins: see [`HeldJob::begin_run`]); one that runs is asked to pause at its next
+    /// checkpoint.
+    pub fn pause(&self, id: i64) -> PauseTaken {
+        let jobs = self.lock();
+        let Some(entry) = jobs.get(&id) else {
+            return PauseTaken::NotHeld;
+        };
+        if entry.state == State::Queued {
+            entry.lost.cancel();
+            PauseTaken::Withdrawn
+        } else {
+            entry.signals.set_pause(true);
+            PauseTaken::Signalled
+        }
+    }
+
+    /// Asks the job's task to go on from its pause; `false` if this replica does not hold it.
+    pub fn resume(&self, id: i64) -> bool {
+        self.with(id, |entry| entry.signals.set_pause(false))
+    }
+
+    /// Whether the completer's writes reach the database: set by the completer after each.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// Whether the completer's last write failed for want of the database.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// The job's start is written: its run's own writes may go ahead.
+    pub fn start_written(&self, id: i64) {
+        self.with(id, |entry| entry.signals.set_started());
     }
 
     /// Releases every job still running: shutdown's grace is over.
@@ -596,7 +684,10 @@ mod tests {
         assert_eq!(free(&held), 1);
         assert!(woken(&wake));
         assert_eq!(held.ids(&[State::Finishing]), [7]);
-        assert!(matches!(outcomes.recv().await, Some((7, Outcome::Done))));
+        assert!(matches!(
+            outcomes.recv().await,
+            Some(Report::Ended(7, Outcome::Done))
+        ));
         held.finished(7);
         assert!(held.ids(&[State::Finishing]).is_empty());
     }

@@ -159,6 +159,12 @@ impl ControlRequest {
         match (self.control, self.status) {
             (_, status) if status.is_terminal() => ControlAction::Clear,
             (Control::Terminate, _) => ControlAction::Terminate,
+            // A QUEUED job may be running already, its start not yet written: only its holder
+            // knows, unless the holder has gone silent.
+            (Control::Pause, Status::Queued) if mine => ControlAction::Signal(Control::Pause),
+            (Control::Pause, Status::Queued) if self.worker.is_some() && self.silent == 0 => {
+                ControlAction::Leave
+            }
             (Control::Pause, Status::New | Status::Queued) => ControlAction::PauseWaiting,
             (Control::Resume, Status::Paused) if mine => ControlAction::Signal(Control::Resume),
             (Control::Resume, Status::Paused) if self.worker.is_none() || self.silent != 0 => {
@@ -171,6 +177,16 @@ impl ControlRequest {
             _ => ControlAction::Clear,
         }
     }
+}
+
+/// What a run tells the completer, in this order: its start, when the claim left the job
+/// QUEUED, then its end.
+#[derive(Debug)]
+pub enum Report {
+    /// The run of a job claimed QUEUED began at this moment; its start is to be written.
+    Started(i64, std::time::Instant),
+    /// The run ended so; the outcome is to be written.
+    Ended(i64, Outcome),
 }
 
 /// A job a replica has claimed: what a consumer needs to run it, and nothing more.
@@ -462,7 +478,15 @@ mod tests {
         let other = Some("other");
         let cases = [
             (Control::Pause, Status::New, None, 0, PauseWaiting),
-            (Control::Pause, Status::Queued, other, 0, PauseWaiting),
+            (Control::Pause, Status::Queued, other, 0, Leave),
+            (Control::Pause, Status::Queued, other, 1, PauseWaiting),
+            (
+                Control::Pause,
+                Status::Queued,
+                me,
+                0,
+                Signal(Control::Pause),
+            ),
             (
                 Control::Pause,
                 Status::Running,

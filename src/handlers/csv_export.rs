@@ -120,7 +120,14 @@ impl Handler for CsvExport {
         };
         while done.next < to {
             let day = done.next;
-            let written = write_day(ctx.store(), &mut file, table, date_column, &columns, day);
+            let written = write_day(
+                ctx.store().await,
+                &mut file,
+                table,
+                date_column,
+                &columns,
+                day,
+            );
             let (bytes, rows) = ctx.beating(written).await?.map_err(cannot)?;
             file.sync_data().await.map_err(cannot)?;
             done = Exported {

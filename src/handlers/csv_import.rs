@@ -70,7 +70,7 @@ impl Handler for CsvImport {
             .collect::<Result<Vec<_>, _>>()?;
         // Past this many bytes a batch goes to the database: with the line that crossed it, a
         // batch holds little more than that and [`MAX_RECORD_BYTES`].
-        let bytes = ctx.store().import_bytes();
+        let bytes = ctx.store().await.import_bytes();
         let mut reading = read_next(source, Batch::default(), bytes);
         // Two batches take turns, one read while the other is written, their buffers kept:
         // the import's memory stays what its first two batches took.
@@ -88,7 +88,7 @@ impl Handler for CsvImport {
                 size: source.size,
             })?;
             reading = read_next(source, spare, bytes);
-            let store = ctx.store();
+            let store = ctx.store().await;
             let ours = store
                 .import_batch(&ImportBatch {
                     id: ctx.id(),

@@ -232,7 +232,7 @@ fn not_regular(
 
 /// The columns of `table`, or a permanent failure if it does not exist.
 pub(crate) async fn table_columns(ctx: &JobContext, table: &str) -> anyhow::Result<Vec<String>> {
-    let columns = ctx.store().columns(table).await?;
+    let columns = ctx.store().await.columns(table).await?;
     if columns.is_empty() {
         return Err(Permanent::new(format!("table {table:?} does not exist")).into());
     }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Pass, Publisher};
-use crate::job::{Control, ControlAction, ControlRequest};
+use crate::held::PauseTaken;
+use crate::job::{Control, ControlAction, ControlRequest, Status};
 use crate::replica::Replica;
 use crate::store::{Result, is_transient};
 
@@ -65,12 +66,19 @@ impl Publisher for Controls {
             let id = request.id;
             match request.action(&replica.worker) {
                 ControlAction::Leave => {}
-                ControlAction::Signal(signal) => {
-                    let held = replica.held.signal_pause(id, signal == Control::Pause);
+                ControlAction::Signal(Control::Pause) => {
+                    // A QUEUED job not yet running here (or not held at all) pauses as any
+                    // waiting job does.
+                    let taken = replica.held.pause(id);
+                    if request.status == Status::Queued && taken != PauseTaken::Signalled {
+                        self.apply(request, ControlAction::PauseWaiting).await?;
+                    }
+                }
+                ControlAction::Signal(_) => {
                     // A paused row in this replica's name that it does not hold (written so
                     // by hand) has no task to resume it: it goes back to NEW, as an abandoned
                     // one does.
-                    if !held && signal == Control::Resume {
+                    if !replica.held.resume(id) {
                         self.apply(request, ControlAction::ResumeDetached).await?;
                     }
                 }

@@ -112,7 +112,7 @@ macro_rules! claiming {
                 status: Status,
                 worker: &str,
                 ids: &[i64],
-                update: fn(&str, &[i64]) -> sqlx::QueryBuilder<'q, $db>,
+                update: impl Fn(&str, &[i64]) -> sqlx::QueryBuilder<'q, $db>,
             ) -> Result<Vec<i64>> {
                 if <$db as Dialect>::RETURNING {
                     let mut query = update(worker, ids);
@@ -147,6 +147,32 @@ macro_rules! claiming {
                         .await?;
                 }
                 Ok(ours)
+            }
+
+            /// [`Self::change_named`] on a connection of its own, or where the dialect cannot
+            /// name the rows it changed, in a transaction of its own: the one write of a batch
+            /// of starts, or of jobs that ended before their start was written.
+            async fn change_all_named<'q>(
+                &self,
+                status: Status,
+                worker: &str,
+                ids: &[i64],
+                update: impl Fn(&str, &[i64]) -> sqlx::QueryBuilder<'q, $db>,
+            ) -> Result<Vec<i64>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                if <$db as Dialect>::RETURNING {
+                    let mut connection = self.pool.acquire().await?;
+                    return Self::change_named(&mut connection, status, worker, ids, update).await;
+                }
+                retry_deadlocks(|| async {
+                    let mut tx = <$db as Backend>::begin(&self.pool).await?;
+                    let changed = Self::change_named(&mut tx, status, worker, ids, &update).await?;
+                    tx.commit().await?;
+                    Ok(changed)
+                })
+                .await
             }
         }
     };

@@ -94,10 +94,22 @@ pub trait Lifecycle: Send + Sync {
     /// with [`ClaimedJob::unfit`] saying why, to end FAILED like any other run.
     async fn claim(&self, claim: &Claim<'_>) -> Result<Vec<ClaimedJob>>;
 
-    /// QUEUED by `worker` → RUNNING, `started_at`, one more attempt, for the jobs `ids`: one
-    /// statement starts a whole batch. Returns the ids it started; a job missing from them was
-    /// taken back first (terminated, paused, released).
-    async fn mark_started(&self, worker: &str, ids: &[i64]) -> Result<Vec<i64>>;
+    /// QUEUED by `worker` → RUNNING, one more attempt, for the jobs `ids`, which started `since`
+    /// ago (`started_at`, never before `queued_at`): one statement starts a whole batch. Returns
+    /// the ids it started; a job missing from them was taken back first (terminated, paused,
+    /// released).
+    async fn mark_started(&self, worker: &str, ids: &[i64], since: Duration) -> Result<Vec<i64>>;
+
+    /// QUEUED by `worker` → DONE, for the jobs `ids` that ran to the end before their start was
+    /// written: the start is written with the outcome ([`Store::mark_started`]'s attempt and
+    /// `started_at`, `since` ago). Returns the ids it changed; a job missing from them was
+    /// taken back first.
+    async fn finish_unstarted(
+        &self,
+        worker: &str,
+        ids: &[i64],
+        since: Duration,
+    ) -> Result<Vec<i64>>;
 
     /// Records a sign of life of a RUNNING job, and its handler's `progress` (JSON) when given;
     /// `false` once the job is no longer this worker's to run (cancelled as dead, or
@@ -125,7 +137,8 @@ pub trait Lifecycle: Send + Sync {
     /// deadlock).
     async fn touch(&self, worker: &str, ids: &[i64], older_than: Duration) -> Result<u64>;
 
-    /// Of the jobs this worker is running or holds paused, those that are no longer so.
+    /// Of the jobs this worker is running or holds paused, those that are no longer so (a run
+    /// whose start is not written yet is still QUEUED, and still this worker's).
     async fn lost(&self, worker: &str, running: &[i64]) -> Result<Vec<i64>>;
 
     /// QUEUED and RUNNING jobs of any worker whose last sign of life (`heartbeat_at`, else

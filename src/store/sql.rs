@@ -219,39 +219,34 @@ macro_rules! shared_duties {
                 .await
             }
 
-            async fn mark_started(&self, worker: &str, ids: &[i64]) -> Result<Vec<i64>> {
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
+            async fn mark_started(
+                &self,
+                worker: &str,
+                ids: &[i64],
+                since: Duration,
+            ) -> Result<Vec<i64>> {
                 // One job, the usual start under a rate limit: one statement says whether it
                 // won, with no transaction around it.
                 if let [id] = ids {
-                    let won = self.won(|| Sql::<$db>::mark_started(worker, ids)).await?;
+                    let won = self
+                        .won(|| Sql::<$db>::mark_started(worker, ids, since))
+                        .await?;
                     return Ok(if won { vec![*id] } else { Vec::new() });
                 }
-                if <$db as Dialect>::RETURNING {
-                    let mut connection = self.pool.acquire().await?;
-                    return Self::change_named(
-                        &mut connection,
-                        Status::Queued,
-                        worker,
-                        ids,
-                        Sql::<$db>::mark_started,
-                    )
-                    .await;
-                }
-                retry_deadlocks(|| async {
-                    let mut tx = <$db as Backend>::begin(&self.pool).await?;
-                    let started = Self::change_named(
-                        &mut tx,
-                        Status::Queued,
-                        worker,
-                        ids,
-                        Sql::<$db>::mark_started,
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    Ok(started)
+                self.change_all_named(Status::Queued, worker, ids, |worker, ids| {
+                    Sql::<$db>::mark_started(worker, ids, since)
+                })
+                .await
+            }
+
+            async fn finish_unstarted(
+                &self,
+                worker: &str,
+                ids: &[i64],
+                since: Duration,
+            ) -> Result<Vec<i64>> {
+                self.change_all_named(Status::Queued, worker, ids, |worker, ids| {
+                    Sql::<$db>::finish_unstarted(worker, ids, since)
                 })
                 .await
             }

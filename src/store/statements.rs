@@ -263,17 +263,49 @@ where
     }
 
     /// [`Store::mark_started`](super::Store::mark_started): QUEUED by `worker` → RUNNING, one more
-    /// attempt.
-    pub fn mark_started(worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
+    /// attempt, started `since` ago.
+    pub fn mark_started(worker: &str, ids: &[i64], since: Duration) -> QueryBuilder<'a, DB> {
         let mut query = QueryBuilder::new(format!(
             "UPDATE jobs SET status = 'RUNNING', heartbeat_at = NULL, {NEXT_ATTEMPT}, started_at = "
         ));
-        DB::push_now(&mut query, Clock::now());
+        Self::push_started(&mut query, Clock::now(), since);
         query.push(" WHERE status = 'QUEUED' AND worker = ");
         query.push_bind(worker.to_owned());
         query.push(" AND id ");
         DB::push_in_ids(&mut query, ids);
         query
+    }
+
+    /// [`Store::finish_unstarted`](super::Store::finish_unstarted): QUEUED by `worker` → DONE, its
+    /// start written with it: one more attempt, started `since` ago.
+    pub fn finish_unstarted(worker: &str, ids: &[i64], since: Duration) -> QueryBuilder<'a, DB> {
+        let clock = Clock::now();
+        let mut query = QueryBuilder::new(format!(
+            "UPDATE jobs SET status = 'DONE', last_error = NULL, heartbeat_at = NULL, {NEXT_ATTEMPT}, \
+             started_at = "
+        ));
+        Self::push_started(&mut query, clock, since);
+        query.push(", finished_at = ");
+        DB::push_now(&mut query, clock);
+        query.push(" WHERE status = 'QUEUED' AND worker = ");
+        query.push_bind(worker.to_owned());
+        query.push(" AND id ");
+        DB::push_in_ids(&mut query, ids);
+        query
+    }
+
+    /// A start `since` before the statement, written behind the run: never before the claim
+    /// (`queued_at`), which the run cannot precede, whatever the clocks say.
+    fn push_started(query: &mut QueryBuilder<'a, DB>, clock: Clock, since: Duration) {
+        if since.is_zero() {
+            DB::push_now(query, clock);
+            return;
+        }
+        query.push("CASE WHEN queued_at > ");
+        DB::push_shifted(query, clock, since, false);
+        query.push(" THEN queued_at ELSE ");
+        DB::push_shifted(query, clock, since, false);
+        query.push(" END");
     }
 
     /// [`Store::heartbeat`](super::Store::heartbeat): a sign of life of a RUNNING job, and its
@@ -325,13 +357,13 @@ where
         query
     }
 
-    /// [`Store::lost`](super::Store::lost): of `running` (never empty), the ids no longer RUNNING
-    /// or PAUSED by `worker`.
+    /// [`Store::lost`](super::Store::lost): of `running` (never empty), the ids no longer RUNNING,
+    /// PAUSED or, their start not yet written, QUEUED by `worker`.
     pub fn lost(worker: &str, running: &[i64]) -> QueryBuilder<'a, DB> {
         let mut query = QueryBuilder::new("SELECT id FROM jobs WHERE id ");
         DB::push_in_ids(&mut query, running);
         query.push(format_args!(
-            " AND (status NOT IN ('RUNNING', 'PAUSED') OR NOT (worker {} ",
+            " AND (status NOT IN ('QUEUED', 'RUNNING', 'PAUSED') OR NOT (worker {} ",
             DB::SAME
         ));
         query.push_bind(Some(worker.to_owned()));
@@ -341,9 +373,9 @@ where
 
     /// [`Store::find_controls`](super::Store::find_controls): the columns of [`ControlRequest`].
     pub fn find_controls(dead_after: Duration, after: i64, limit: u32) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new(
-            "SELECT id, status, control, worker, CAST(CASE WHEN COALESCE(heartbeat_at, created_at) < ",
-        );
+        let mut query = QueryBuilder::new(format!(
+            "SELECT id, status, control, worker, CAST(CASE WHEN {LAST_SIGN} < ",
+        ));
         DB::push_shifted(&mut query, Clock::now(), dead_after, false);
         query.push(format_args!(
             " THEN 1 ELSE 0 END AS {}) AS silent FROM jobs WHERE control IS NOT NULL AND id > ",
@@ -370,7 +402,7 @@ where
 
     /// Of the jobs `ids` (never empty), those still in `status` by `worker`, locked until the
     /// transaction ends: where an UPDATE cannot name its rows, these are the ones
-    /// [`Sql::finish_done`] or [`Sql::mark_started`] then changes.
+    /// [`Sql::finish_done`], [`Sql::finish_unstarted`] or [`Sql::mark_started`] then changes.
     pub fn locked(status: Status, worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
         let mut query = QueryBuilder::new(format!(
             "SELECT id FROM jobs WHERE status = '{}' AND worker = ",

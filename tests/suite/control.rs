@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use jobsd::job::ControlAction;
 use jobsd::{Handlers, JobRow, NewJob, Status};
 
 use crate::common::{Replica, TestDb};
@@ -15,6 +16,7 @@ crate::on_every_backend!(
     requests_on_finished_jobs_are_cleared_and_ignored,
     shutdown_lets_a_paused_job_go_and_a_resume_continues_it,
     a_queued_job_paused_is_not_started_by_its_holder,
+    a_job_claimed_ahead_and_paused_is_withdrawn_by_its_holder,
 );
 
 const MS: i64 = 1_000_000;
@@ -285,13 +287,26 @@ async fn a_queued_job_paused_is_not_started_by_its_holder(db: TestDb) {
             .await
             .expect("request")
     );
+    // Its holder may be running it already, the start not yet written: only the holder decides,
+    // while it vouches for the job.
     let requests = store
         .find_controls(Duration::from_secs(10), 0, 10)
         .await
         .expect("find");
     assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].action("another"), ControlAction::Leave);
+    assert_eq!(
+        requests[0].action("w"),
+        ControlAction::Signal(jobsd::job::Control::Pause)
+    );
+    // Once the holder is silent, any replica pauses it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let requests = store
+        .find_controls(Duration::from_millis(1), 0, 10)
+        .await
+        .expect("find");
     let action = requests[0].action("another");
-    assert_eq!(action, jobsd::job::ControlAction::PauseWaiting);
+    assert_eq!(action, ControlAction::PauseWaiting);
     assert!(
         store
             .apply_control(&requests[0], action)
@@ -307,7 +322,7 @@ async fn a_queued_job_paused_is_not_started_by_its_holder(db: TestDb) {
     );
     assert!(
         store
-            .mark_started("w", &[id])
+            .mark_started("w", &[id], Duration::ZERO)
             .await
             .expect("start")
             .is_empty(),
@@ -318,4 +333,39 @@ async fn a_queued_job_paused_is_not_started_by_its_holder(db: TestDb) {
         (paused.status, paused.worker, paused.control),
         (Status::Paused, None, None)
     );
+}
+
+/// A job claimed ahead waits QUEUED in its holder's memory, where it would start the moment a
+/// consumer takes it: a pause goes to the holder, which withdraws it, so it never runs.
+async fn a_job_claimed_ahead_and_paused_is_withdrawn_by_its_holder(db: TestDb) {
+    for _ in 0..3 {
+        db.exec("INSERT INTO jobs (sleep) VALUES (0)")
+            .await
+            .expect("insert");
+    }
+    let ids: Vec<i64> = db.all_rows().await.iter().map(|row| row.id).collect();
+    let last = *ids.iter().max().expect("three jobs");
+    // One start a second: the three are claimed at once, the last starts two seconds later.
+    let config = jobsd::Config {
+        consumers: 1,
+        rate_per_second: 1,
+        prefetch: 2,
+        ..db.config()
+    };
+    let replica = Replica::start(&db, config, Handlers::default()).await;
+    let queued = until(&db, last, Status::Queued, Duration::from_secs(5)).await;
+    assert!(queued.worker.is_some(), "{queued:?}");
+    control(&db, last, "pause").await;
+    let paused = until(&db, last, Status::Paused, Duration::from_secs(5)).await;
+    for id in ids.iter().filter(|id| **id != last) {
+        until(&db, *id, Status::Done, Duration::from_secs(10)).await;
+    }
+    replica.shutdown().await;
+    let after = row(&db, last).await;
+    assert_eq!(
+        (after.status, after.worker, after.control, after.attempts),
+        (Status::Paused, None, None, 0),
+        "paused before it started: {paused:?}"
+    );
+    assert_eq!(after.started_at, None, "it never ran");
 }

@@ -174,6 +174,12 @@ impl Change {
     pub(crate) fn is(&self, from: &str, to: &str) -> bool {
         self.from == from && self.to == to
     }
+
+    /// Whether the change is a run's start: into RUNNING, or straight from QUEUED to DONE, a run
+    /// that ended before its start was written, which the one write records with its outcome.
+    pub(crate) fn starts(&self) -> bool {
+        self.to == "RUNNING" || self.is("QUEUED", "DONE")
+    }
 }
 
 /// Adds a `job_history` table and a trigger that appends a row to it at every change of a job's

@@ -1,21 +1,24 @@
 //! The life of a job (ARCHITECTURE.md, "Life of a job") as a property of the store. Random interleavings of what
 //! replicas `a`, `b` and `c` do to a handful of jobs (claim, start, beat, pause, resume, finish
-//! in batches, control requests, dead sweeps, shutdown releases, touches, lost checks) run
-//! against a real store on SQLite, PostgreSQL and MariaDB/MySQL, one fresh database per case
-//! (`sqlite::`, `postgres::` and `mysql::the_job_state_machine_keeps_its_invariants`). After
-//! every step the whole table is read back and checked:
+//! in batches, finish runs whose start was not yet written, control requests, dead sweeps,
+//! shutdown releases, touches, lost checks) run against a real store on SQLite, PostgreSQL and
+//! MariaDB/MySQL, one fresh database per case (`sqlite::`, `postgres::` and
+//! `mysql::the_job_state_machine_keeps_its_invariants`). After every step the whole table is
+//! read back and checked:
 //!
 //! - **Terminal is final.** A DONE, FAILED or CANCELLED row never changes again, in any column
 //!   but `control` (a user may still write a request, which is then cleared).
 //! - **A paused job is never dead.** `find_dead` never returns a PAUSED row, a dead sweep never
 //!   changes one, and only an explicit terminate cancels it.
-//! - **`finish` names its winners.** The ids it returns are exactly the rows the call changed,
-//!   each at most once, and exactly those of its ids that were RUNNING by that worker before.
+//! - **`finish` and `finish_unstarted` name their winners.** The ids each returns are exactly
+//!   the rows the call changed, each at most once, and exactly those of its ids that were
+//!   RUNNING (`finish`) or QUEUED (`finish_unstarted`) by that worker before.
 //! - **Attempts move by one rule.** `attempts` goes up by one exactly when a job enters RUNNING
-//!   from NEW (a claim that starts) or from QUEUED (`mark_started`); it goes down by one exactly
-//!   when `release` hands back the interrupted run of a RUNNING job, or of a PAUSED job the
-//!   releasing worker holds, and when a resume sends a PAUSED job whose holder went silent back
-//!   to NEW (that run was interrupted too); every other step leaves it alone.
+//!   from NEW (a claim that starts) or from QUEUED (`mark_started`), and when `finish_unstarted`
+//!   takes a job from QUEUED to DONE (the run's start is written with its end); it goes down by
+//!   one exactly when `release` hands back the interrupted run of a RUNNING job, or of a PAUSED
+//!   job the releasing worker holds, and when a resume sends a PAUSED job whose holder went
+//!   silent back to NEW (that run was interrupted too); every other step leaves it alone.
 //! - **Attempts are bounded.** Replicas retry only while attempts remain, as the consumer does,
 //!   and the canceller retries a dead job only while attempts remain. So every row has
 //!   `attempts <= max_attempts`, and every waiting row (NEW, QUEUED, or PAUSED and held by no
@@ -140,7 +143,7 @@ fn check(backend: Backend, default_cases: u32) {
 /// once, as one of the two outcomes, and names it once. (The daemon's completer sends one
 /// outcome per run; the store's contract takes any batch.) The property test draws such batches
 /// too; these are its minimal cases, all played on every backend, the first that fails played
-/// again and kept.
+/// again and kept. Then the same of `finish_unstarted` and a QUEUED job.
 fn twice_in_one_batch(backend: Backend) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -175,6 +178,24 @@ fn twice_in_one_batch(backend: Backend) {
             "{reason}\n\nfailing sequence:\n{scenario}\nall the pairs of outcomes that fail: {pairs:?}"
         );
         runtime.block_on(keep(backend, scenario, failure));
+    }
+    let unstarted = Scenario {
+        max_attempts: vec![2],
+        ops: vec![
+            Op::Claim {
+                worker: Worker::A,
+                limit: 1,
+                start: false,
+            },
+            Op::FinishUnstarted {
+                worker: Worker::A,
+                jobs: vec![Target::Job(0), Target::Job(0)],
+            },
+        ],
+    };
+    if let Err(reason) = runtime.block_on(play(backend, &unstarted)) {
+        let failure = format!("{reason}\n\nfailing sequence:\n{unstarted}");
+        runtime.block_on(keep(backend, &unstarted, failure));
     }
 }
 
@@ -320,8 +341,16 @@ enum Op {
         worker: Worker,
         outcomes: Vec<(Target, End)>,
     },
+    /// Runs of jobs claimed QUEUED that ended DONE before their start was written: the start
+    /// is written with the outcome.
+    FinishUnstarted {
+        worker: Worker,
+        jobs: Vec<Target>,
+    },
     /// A user writes `control`, then `worker`'s control publisher carries out every pending
-    /// request as it would (a signal is passed on to the task, which pauses or resumes).
+    /// request as it would (a signal is passed on to the task, which pauses or resumes; a
+    /// QUEUED job never runs in the model before its start is written, so its holder pauses it
+    /// as a waiting job).
     Control {
         worker: Worker,
         job: Target,
@@ -401,6 +430,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (worker(), target()).prop_map(|(worker, job)| Op::Resume { worker, job }),
         4 => (worker(), prop::collection::vec((target(), end()), 1..=3))
             .prop_map(|(worker, outcomes)| Op::Finish { worker, outcomes }),
+        2 => (worker(), some_jobs())
+            .prop_map(|(worker, jobs)| Op::FinishUnstarted { worker, jobs }),
         3 => (worker(), target(), control, holder).prop_map(|(worker, job, control, holder)| {
             Op::Control { worker, job, control, holder }
         }),
@@ -478,6 +509,19 @@ impl Edit {
             cancelled_at: Stamp::Now,
             finished_at: Stamp::Now,
             last_error: Set::To(Some(reason.to_owned())),
+            ..Edit::default()
+        }
+    }
+
+    /// A waiting job paused (`ControlAction::PauseWaiting`): held by no one, its request
+    /// cleared.
+    fn pause_waiting() -> Edit {
+        Edit {
+            status: Some(Status::Paused),
+            control: Set::To(None),
+            worker: Set::To(None),
+            queued_at: Stamp::Null,
+            heartbeat_at: Stamp::Null,
             ..Edit::default()
         }
     }
@@ -631,7 +675,8 @@ fn is_edge(from: Status, to: Status) -> bool {
     matches!(
         (from, to),
         (New, Queued | Running | Paused | Cancelled)
-            | (Queued, Running | New | Paused | Cancelled)
+            // DONE straight from QUEUED: a run that ended before its start was written.
+            | (Queued, Running | New | Paused | Cancelled | Done)
             | (Running, Done | Failed | New | Paused | Cancelled)
             | (Paused, Running | New | Cancelled)
     )
@@ -881,7 +926,7 @@ impl Table {
                 let before = self.row(id);
                 let wins = before.status == Status::Queued
                     && before.worker.as_deref() == Some(worker.id());
-                let won = db(store.mark_started(worker.id(), &[id]).await)? == [id];
+                let won = db(store.mark_started(worker.id(), &[id], Duration::ZERO).await)? == [id];
                 self.ensure(won == wins, || {
                     format!("mark_started returned {won}, row was {before:?}")
                 })?;
@@ -947,6 +992,7 @@ impl Table {
                 self.advance(start, edits).await?;
             }
             Op::Finish { worker, outcomes } => self.finish(n, *worker, outcomes).await?,
+            Op::FinishUnstarted { worker, jobs } => self.finish_unstarted(*worker, jobs).await?,
             Op::Control {
                 worker,
                 job,
@@ -1031,8 +1077,12 @@ impl Table {
                     .into_iter()
                     .filter(|id| {
                         let row = self.row(*id);
-                        !matches!(row.status, Status::Running | Status::Paused)
-                            || row.worker.as_deref() != Some(worker.id())
+                        // A QUEUED row may be a run whose start is not written yet: still the
+                        // worker's.
+                        !matches!(
+                            row.status,
+                            Status::Queued | Status::Running | Status::Paused
+                        ) || row.worker.as_deref() != Some(worker.id())
                     })
                     .collect();
                 self.ensure(lost == expected, || {
@@ -1130,6 +1180,68 @@ impl Table {
         })
     }
 
+    async fn finish_unstarted(&mut self, worker: Worker, jobs: &[Target]) -> Result<(), String> {
+        let ids: Vec<i64> = jobs
+            .iter()
+            .map(|job| self.resolve(Some(worker), *job, &[Status::Queued]))
+            .collect();
+        let start = Utc::now();
+        // Every run in the model is over by the step: it began no earlier than the write.
+        let won = db(self
+            .store
+            .finish_unstarted(worker.id(), &ids, Duration::ZERO)
+            .await)?;
+        let winners: BTreeSet<i64> = won.iter().copied().collect();
+        self.ensure(winners.len() == won.len(), || {
+            format!("finish_unstarted named a job twice: {won:?}")
+        })?;
+        let held: BTreeSet<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                let row = self.row(*id);
+                row.status == Status::Queued && row.worker.as_deref() == Some(worker.id())
+            })
+            .collect();
+        self.ensure(winners == held, || {
+            format!(
+                "finish_unstarted won {won:?}, but the jobs QUEUED by {} were {held:?}",
+                worker.id()
+            )
+        })?;
+        let mut edits = Edits::new();
+        for id in &held {
+            // The start and the end in one write: the attempt mark_started would have counted.
+            let edit = Edit {
+                status: Some(Status::Done),
+                attempts: 1,
+                started_at: Stamp::Now,
+                finished_at: Stamp::Now,
+                heartbeat_at: Stamp::Null,
+                last_error: Set::To(None),
+                ..Edit::default()
+            };
+            one(&mut edits, *id, edit);
+        }
+        let before = self.rows.clone();
+        let after = self.advance(start, edits).await?;
+        let changed: BTreeSet<i64> = before
+            .iter()
+            .filter(|(id, row)| after[*id] != **row)
+            .map(|(id, _)| *id)
+            .collect();
+        self.ensure(changed == winners, || {
+            format!("finish_unstarted won {won:?}, but the rows it changed were {changed:?}")
+        })?;
+        for id in &winners {
+            let row = &after[id];
+            self.ensure(row.started_at == row.finished_at, || {
+                format!("started and finished in one write, no time ago, yet {row:?}")
+            })?;
+        }
+        Ok(())
+    }
+
     async fn control(
         &mut self,
         worker: Worker,
@@ -1189,14 +1301,19 @@ impl Table {
                     control: Set::To(None),
                     ..Edit::cancelled(TERMINATED)
                 },
-                ControlAction::PauseWaiting => Edit {
-                    status: Some(Status::Paused),
-                    control: Set::To(None),
-                    worker: Set::To(None),
-                    queued_at: Stamp::Null,
-                    heartbeat_at: Stamp::Null,
-                    ..Edit::default()
-                },
+                ControlAction::PauseWaiting => Edit::pause_waiting(),
+                ControlAction::Signal(Control::Pause) if request.status == Status::Queued => {
+                    // The holder runs nothing of a QUEUED row here: it pauses the job as a
+                    // waiting one, as the control publisher does.
+                    let paused = db(self
+                        .store
+                        .apply_control(request, ControlAction::PauseWaiting)
+                        .await)?;
+                    self.ensure(paused, || {
+                        format!("the holder could not pause waiting {request:?}")
+                    })?;
+                    Edit::pause_waiting()
+                }
                 ControlAction::ResumeDetached => Edit {
                     control: Set::To(None),
                     // A run its silent holder left paused was interrupted: its attempt is

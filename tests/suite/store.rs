@@ -22,6 +22,7 @@ crate::on_every_backend!(
     finish_racing_cancel_has_exactly_one_winner,
     heartbeat_reports_a_job_taken_away,
     one_statement_starts_a_batch_and_names_what_it_started,
+    a_start_written_behind_its_run_is_dated_when_the_run_began,
     release_gives_jobs_back_without_using_an_attempt,
     a_claim_reads_each_row_on_its_own,
     attempts_at_the_edges_never_break_a_statement,
@@ -337,12 +338,18 @@ async fn dead_jobs_settle_three_ways(db: TestDb) {
     );
     for id in [retryable, exhausted] {
         assert_eq!(
-            store.mark_started("gone", &[id]).await.expect("start"),
+            store
+                .mark_started("gone", &[id], Duration::ZERO)
+                .await
+                .expect("start"),
             [id]
         );
     }
     assert_eq!(
-        store.mark_started("here", &[alive]).await.expect("start"),
+        store
+            .mark_started("here", &[alive], Duration::ZERO)
+            .await
+            .expect("start"),
         [alive]
     );
 
@@ -430,7 +437,13 @@ async fn finish_racing_cancel_has_exactly_one_winner(db: TestDb) {
         20
     );
     for id in &ids {
-        assert_eq!(store.mark_started("w", &[*id]).await.expect("start"), [*id]);
+        assert_eq!(
+            store
+                .mark_started("w", &[*id], Duration::ZERO)
+                .await
+                .expect("start"),
+            [*id]
+        );
     }
     let dead_after = Duration::from_millis(100);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -496,17 +509,23 @@ async fn one_statement_starts_a_batch_and_names_what_it_started(db: TestDb) {
         panic!("five ids")
     };
     assert_eq!(store.release("w", Some(&[a])).await.expect("release"), 1);
-    assert_eq!(store.mark_started("w", &[b]).await.expect("start"), [b]);
+    assert_eq!(
+        store
+            .mark_started("w", &[b], Duration::ZERO)
+            .await
+            .expect("start"),
+        [b]
+    );
     assert!(
         store
-            .mark_started("other", &[c, d])
+            .mark_started("other", &[c, d], Duration::ZERO)
             .await
             .expect("start")
             .is_empty(),
         "only the holder starts its jobs"
     );
     let mut started = store
-        .mark_started("w", &[a, b, c, d, never, i64::MAX])
+        .mark_started("w", &[a, b, c, d, never, i64::MAX], Duration::ZERO)
         .await
         .expect("start");
     started.sort_unstable();
@@ -526,7 +545,7 @@ async fn one_statement_starts_a_batch_and_names_what_it_started(db: TestDb) {
     }
     assert!(
         store
-            .mark_started("w", &[])
+            .mark_started("w", &[], Duration::ZERO)
             .await
             .expect("start")
             .is_empty()
@@ -544,10 +563,16 @@ async fn heartbeat_reports_a_job_taken_away(db: TestDb) {
         .claim(&jobsd::store::Claim::new("w", 1, false))
         .await
         .expect("claim");
-    assert_eq!(store.mark_started("w", &[id]).await.expect("start"), [id]);
+    assert_eq!(
+        store
+            .mark_started("w", &[id], Duration::ZERO)
+            .await
+            .expect("start"),
+        [id]
+    );
     assert!(
         store
-            .mark_started("w", &[id])
+            .mark_started("w", &[id], Duration::ZERO)
             .await
             .expect("start")
             .is_empty(),
@@ -609,7 +634,10 @@ async fn release_gives_jobs_back_without_using_an_attempt(db: TestDb) {
         .await
         .expect("claim");
     assert_eq!(
-        store.mark_started("w", &[running]).await.expect("start"),
+        store
+            .mark_started("w", &[running], Duration::ZERO)
+            .await
+            .expect("start"),
         [running]
     );
     assert_eq!(store.release("w", None).await.expect("release"), 2);
@@ -669,7 +697,7 @@ async fn a_claim_can_start_what_it_claims(db: TestDb) {
     }
     assert!(
         store
-            .mark_started("w", &[ids[0]])
+            .mark_started("w", &[ids[0]], Duration::ZERO)
             .await
             .expect("start")
             .is_empty(),
@@ -1146,4 +1174,74 @@ async fn the_payload_limit_is_recorded_for_users_to_read(db: TestDb) {
     let store = db.store().await;
     store.limit_payloads(5 << 20).await.expect("recorded");
     assert_eq!(read().await, 5 << 20);
+}
+
+/// The completer writes a start behind its run, alone or with the run's DONE outcome: the start
+/// is dated back to when the run began, never before the claim, and uses one attempt.
+async fn a_start_written_behind_its_run_is_dated_when_the_run_began(db: TestDb) {
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(store.insert(&NewJob::sleep(1, None)).await.expect("insert"));
+    }
+    let claimed = store
+        .claim(&jobsd::store::Claim::new("w", 4, false))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (running, done, stranger, early) = (ids[0], ids[1], ids[2], ids[3]);
+    let since = Duration::from_millis(200);
+    assert_eq!(
+        store
+            .mark_started("w", &[running], since)
+            .await
+            .expect("start"),
+        [running]
+    );
+    assert!(
+        store
+            .finish_unstarted("other", &[stranger], since)
+            .await
+            .expect("finish")
+            .is_empty(),
+        "only the holder writes its jobs"
+    );
+    let mut won = store
+        .finish_unstarted("w", &[done, running, stranger, i64::MAX], since)
+        .await
+        .expect("finish");
+    won.sort_unstable();
+    assert_eq!(won, [done, stranger], "QUEUED by w, and nothing else");
+    // A run cannot have begun before its claim, whatever it says.
+    assert_eq!(
+        store
+            .finish_unstarted("w", &[early], Duration::from_secs(3600))
+            .await
+            .expect("finish"),
+        [early]
+    );
+
+    let rows = db.rows(&store, &ids).await;
+    let row = |id: i64| rows.iter().find(|row| row.id == id).expect("row");
+    for id in [running, done, stranger] {
+        let row = row(id);
+        let queued = row.queued_at.expect("queued_at");
+        let started = row.started_at.expect("started_at");
+        // Written 400 ms or more after the claim, dated 200 ms back.
+        let after_claim = (started - queued).num_milliseconds();
+        assert!(
+            (195..2000).contains(&after_claim),
+            "started {after_claim} ms after its claim: {row:?}"
+        );
+        assert_eq!(row.attempts, 1, "{row:?}");
+    }
+    assert_eq!(row(running).status, Status::Running);
+    for id in [done, stranger, early] {
+        let row = row(id);
+        assert_eq!(row.status, Status::Done, "{row:?}");
+        assert!(row.finished_at.expect("finished_at") >= row.started_at.expect("started_at"));
+        assert_eq!((row.last_error.as_deref(), row.attempts), (None, 1));
+    }
+    assert_eq!(row(early).started_at, row(early).queued_at);
 }

@@ -372,7 +372,13 @@ async fn a_job_keeps_its_key_through_retry_pause_resume_release_and_requeue(db: 
         .expect("claim");
     assert_eq!(claimed.len(), 1);
     holds_key(&db, &store, id, Status::Queued, 0).await;
-    assert_eq!(store.mark_started("w", &[id]).await.expect("start"), [id]);
+    assert_eq!(
+        store
+            .mark_started("w", &[id], Duration::ZERO)
+            .await
+            .expect("start"),
+        [id]
+    );
     holds_key(&db, &store, id, Status::Running, 1).await;
 
     // The first attempt fails, and attempts remain: back to NEW.
