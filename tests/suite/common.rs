@@ -134,7 +134,7 @@ impl TestDb {
             control_interval: Duration::from_millis(100),
             dead_after: Duration::from_secs(1),
             consumers: 10,
-            prefetch: 500,
+            prefetch: None,
             rate_per_second: 0,
             shutdown_grace: Duration::from_secs(5),
             retry_backoff: Duration::from_millis(50),

@@ -349,7 +349,7 @@ async fn a_job_claimed_ahead_and_paused_is_withdrawn_by_its_holder(db: TestDb) {
     let config = jobsd::Config {
         consumers: 1,
         rate_per_second: 1,
-        prefetch: 2,
+        prefetch: Some(2),
         ..db.config()
     };
     let replica = Replica::start(&db, config, Handlers::default()).await;

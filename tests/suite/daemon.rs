@@ -284,7 +284,7 @@ async fn three_replicas_share_the_work_and_run_each_job_once(db: TestDb) {
 async fn wide_replicas_race_for_the_same_rows_and_run_each_job_once(db: TestDb) {
     let config = jobsd::Config {
         consumers: 300,
-        prefetch: 0,
+        prefetch: Some(0),
         ..db.config()
     };
     let mut replicas = Vec::new();
