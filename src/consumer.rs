@@ -78,6 +78,11 @@ impl Pool {
             let Some(claimed) = self.dispatch(claimed, &jobs, &stop) else {
                 continue;
             };
+            if claimed.held.wires().lost.is_cancelled() {
+                // Withdrawn by a pause, or terminated, while it waited: dropped, it needs
+                // neither a consumer nor the limiter's leave.
+                continue;
+            }
             if !claimed.held.has_consumer() {
                 let consumer = tokio::select! {
                     biased;
