@@ -19,6 +19,8 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+mod math;
+
 #[derive(Parser)]
 #[command(
     name = "jobsd",
