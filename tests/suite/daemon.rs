@@ -209,12 +209,14 @@ async fn a_job_settled_by_another_replica_stops_here(db: TestDb) {
     let replica = Replica::start(&db, config, Handlers::default()).await;
     let store = db.store().await;
     let hung = store.insert(&NewJob::sleep(1, None)).await.expect("insert");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.rows(&store, &[hung]).await[0].status, Status::Running);
+    // Inserted once the hung job runs, so that the one claim cannot take it first.
     let next = store
         .insert(&NewJob::sleep(2, Some(MS)))
         .await
         .expect("insert");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(db.rows(&store, &[hung]).await[0].status, Status::Running);
     assert_eq!(
         db.rows(&store, &[next]).await[0].status,
         Status::New,
