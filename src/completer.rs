@@ -12,7 +12,8 @@
 //! in the table as its claim or start left it, held by this replica's worker id, so shutdown
 //! waits for the completer before it releases what is left.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,26 +47,27 @@ impl Completer {
     /// The starts first, then the outcomes: those of jobs whose start is in the same batch
     /// and that ended DONE in one write with it, the others as they come.
     async fn write_batch(&self, batch: Vec<Report>) {
-        let mut starts = Vec::new();
+        // A job's start comes before its end, so one pass pairs them.
+        let mut starts: HashMap<i64, Instant> = HashMap::new();
+        let mut unstarted = Vec::new();
         let mut ends = Vec::new();
         for report in batch {
             match report {
-                Report::Started(id, at) => starts.push((id, at)),
+                Report::Started(id, at) => {
+                    starts.insert(id, at);
+                }
+                Report::Ended(id, Outcome::Done) if !starts.is_empty() => {
+                    match starts.remove(&id) {
+                        Some(at) => unstarted.push((id, at)),
+                        None => ends.push((id, Outcome::Done)),
+                    }
+                }
                 Report::Ended(id, outcome) => ends.push((id, outcome)),
             }
         }
-        let mut unstarted = Vec::new();
         if !starts.is_empty() {
-            let starting: HashSet<i64> = starts.iter().map(|(id, _)| *id).collect();
-            let (done, others): (Vec<_>, Vec<_>) = ends.into_iter().partition(|(id, outcome)| {
-                matches!(outcome, Outcome::Done) && starting.contains(id)
-            });
-            ends = others;
-            let done: HashSet<i64> = done.into_iter().map(|(id, _)| id).collect();
-            let (both, only): (Vec<_>, Vec<_>) =
-                starts.into_iter().partition(|(id, _)| done.contains(id));
-            unstarted = both;
-            self.start(&only).await;
+            let starts: Vec<(i64, Instant)> = starts.into_iter().collect();
+            self.start(&starts).await;
         }
         if !unstarted.is_empty() {
             self.finish_unstarted(&unstarted).await;
@@ -90,36 +92,27 @@ impl Completer {
     /// made them so). A job whose start is refused was taken back first (terminated, paused,
     /// given back): its run is stopped.
     async fn start(&self, starts: &[(i64, Instant)]) {
-        if starts.is_empty() {
-            return;
-        }
         let (store, worker, held) = (
             &self.replica.store,
             &self.replica.worker,
             &self.replica.held,
         );
         let ids: Vec<i64> = starts.iter().map(|(id, _)| *id).collect();
-        let mut wait = Duration::from_millis(100);
-        let mut started = store.mark_started(worker, &ids, since(starts)).await;
-        while let Err(error) = &started
-            && is_transient(error)
-        {
-            tracing::warn!(jobs = ids.len(), %error, retry_in = ?wait, "could not write starts; trying again");
-            held.set_stalled(true);
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(MAX_WAIT);
-            let again = async {
-                store.mark_started(worker, &ids, since(starts)).await?;
-                let lost = store.lost(worker, &ids).await?;
+        let ids = &ids[..];
+        let started = self
+            .until_answered(ids.len(), |retry| async move {
+                let started = store.mark_started(worker, ids, since(starts)).await?;
+                if !retry {
+                    return Ok(started);
+                }
+                let lost = store.lost(worker, ids).await?;
                 Ok(ids
                     .iter()
                     .copied()
                     .filter(|id| !lost.contains(id))
                     .collect())
-            };
-            started = again.await;
-        }
-        held.set_stalled(false);
+            })
+            .await;
         let mut started = match started {
             Ok(started) => started,
             Err(error) => {
@@ -130,7 +123,7 @@ impl Completer {
             }
         };
         started.sort_unstable();
-        for id in ids {
+        for &id in ids {
             if started.binary_search(&id).is_ok() {
                 held.start_written(id);
             } else if held.take_away(id) {
@@ -146,27 +139,13 @@ impl Completer {
     /// Should the database refuse that for the data of one, each is written as any other: the
     /// start, then the outcome.
     async fn finish_unstarted(&self, jobs: &[(i64, Instant)]) {
-        let replica = &self.replica;
+        let (store, worker) = (&self.replica.store, &self.replica.worker);
         let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
-        let mut wait = Duration::from_millis(100);
-        let done = loop {
-            match replica
-                .store
-                .finish_unstarted(&replica.worker, &ids, since(jobs))
-                .await
-            {
-                Err(error) if is_transient(&error) => {
-                    tracing::warn!(jobs = ids.len(), %error, retry_in = ?wait, "could not record outcomes");
-                    replica.held.set_stalled(true);
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_WAIT);
-                }
-                done => {
-                    replica.held.set_stalled(false);
-                    break done;
-                }
-            }
-        };
+        let done = self
+            .until_answered(ids.len(), |_| {
+                store.finish_unstarted(worker, &ids, since(jobs))
+            })
+            .await;
         let outcomes: Vec<(i64, Outcome)> = ids.iter().map(|id| (*id, Outcome::Done)).collect();
         match done {
             Ok(won) => self.report(&outcomes, won),
@@ -174,6 +153,40 @@ impl Completer {
                 tracing::warn!(jobs = ids.len(), %error, "jobs that ended before their start was written were refused; writing start and outcome apart");
                 self.start(jobs).await;
                 self.record(&outcomes).await;
+            }
+        }
+    }
+
+    /// Runs `write` (of `jobs` jobs) until the database answers: an error back is one of the
+    /// data. Meanwhile runs wait for their starts before they begin ([`Held::stalled`]).
+    /// `write` is told whether it is a retry, after which an earlier try may have been
+    /// committed without the answer reaching here.
+    ///
+    /// [`Held::stalled`]: crate::held::Held::stalled
+    async fn until_answered<T, F>(
+        &self,
+        jobs: usize,
+        mut write: impl FnMut(bool) -> F,
+    ) -> Result<T, sqlx::Error>
+    where
+        F: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let held = &self.replica.held;
+        let mut wait = Duration::from_millis(100);
+        let mut retry = false;
+        loop {
+            match write(retry).await {
+                Err(error) if is_transient(&error) => {
+                    tracing::warn!(jobs, %error, retry_in = ?wait, "could not write to the database; trying again");
+                    held.set_stalled(true);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_WAIT);
+                    retry = true;
+                }
+                done => {
+                    held.set_stalled(false);
+                    return done;
+                }
             }
         }
     }
@@ -225,22 +238,9 @@ impl Completer {
 
     /// Writes `outcomes` until the database answers: an error back is one of the data.
     async fn write(&self, outcomes: &[(i64, Outcome)]) -> Result<Vec<i64>, sqlx::Error> {
-        let mut wait = Duration::from_millis(100);
-        let replica = &self.replica;
-        loop {
-            match replica.store.finish(&replica.worker, outcomes).await {
-                Err(error) if is_transient(&error) => {
-                    tracing::warn!(jobs = outcomes.len(), %error, retry_in = ?wait, "could not record outcomes");
-                    replica.held.set_stalled(true);
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_WAIT);
-                }
-                done => {
-                    replica.held.set_stalled(false);
-                    return done;
-                }
-            }
-        }
+        let (store, worker) = (&self.replica.store, &self.replica.worker);
+        self.until_answered(outcomes.len(), |_| store.finish(worker, outcomes))
+            .await
     }
 
     fn report(&self, batch: &[(i64, Outcome)], mut won: Vec<i64>) {

@@ -163,10 +163,10 @@ impl JobContext {
     /// stops here for good. A database that does not answer is not the handler's problem: the
     /// job carries on, and the publishers report the outage.
     async fn beat(&self, progress: Option<&str>) {
+        self.started().await;
         let (id, replica) = (self.job.id, &self.replica);
         // A database that hangs rather than fails must not hold the handler past its lease;
         // one that answers says itself whether the job is still ours, however late it is.
-        self.started().await;
         let left = replica.dead_after.saturating_sub(self.since_vouched());
         let wait = left.max(replica.heartbeat_interval);
         let beat = replica.store.heartbeat(id, &replica.worker, progress);

@@ -270,15 +270,9 @@ macro_rules! shared_duties {
                 }
                 let done = done_ids(outcomes);
                 if done.len() == outcomes.len() && <$db as Dialect>::RETURNING {
-                    let mut connection = self.pool.acquire().await?;
-                    return Self::change_named(
-                        &mut connection,
-                        Status::Running,
-                        worker,
-                        &done,
-                        Sql::<$db>::finish_done,
-                    )
-                    .await;
+                    return self
+                        .change_all_named(Status::Running, worker, &done, Sql::<$db>::finish_done)
+                        .await;
                 }
                 retry_deadlocks(|| async {
                     let mut tx = <$db as Backend>::begin(&self.pool).await?;

@@ -269,10 +269,7 @@ where
             "UPDATE jobs SET status = 'RUNNING', heartbeat_at = NULL, {NEXT_ATTEMPT}, started_at = "
         ));
         Self::push_started(&mut query, Clock::now(), since);
-        query.push(" WHERE status = 'QUEUED' AND worker = ");
-        query.push_bind(worker.to_owned());
-        query.push(" AND id ");
-        DB::push_in_ids(&mut query, ids);
+        Self::push_held_by(&mut query, Status::Queued, worker, ids);
         query
     }
 
@@ -287,10 +284,7 @@ where
         Self::push_started(&mut query, clock, since);
         query.push(", finished_at = ");
         DB::push_now(&mut query, clock);
-        query.push(" WHERE status = 'QUEUED' AND worker = ");
-        query.push_bind(worker.to_owned());
-        query.push(" AND id ");
-        DB::push_in_ids(&mut query, ids);
+        Self::push_held_by(&mut query, Status::Queued, worker, ids);
         query
     }
 
@@ -393,10 +387,7 @@ where
         let mut query =
             QueryBuilder::new("UPDATE jobs SET status = 'DONE', last_error = NULL, finished_at = ");
         DB::push_now(&mut query, Clock::now());
-        query.push(" WHERE status = 'RUNNING' AND worker = ");
-        query.push_bind(worker.to_owned());
-        query.push(" AND id ");
-        DB::push_in_ids(&mut query, ids);
+        Self::push_held_by(&mut query, Status::Running, worker, ids);
         query
     }
 
@@ -404,15 +395,22 @@ where
     /// transaction ends: where an UPDATE cannot name its rows, these are the ones
     /// [`Sql::finish_done`], [`Sql::finish_unstarted`] or [`Sql::mark_started`] then changes.
     pub fn locked(status: Status, worker: &str, ids: &[i64]) -> QueryBuilder<'a, DB> {
-        let mut query = QueryBuilder::new(format!(
-            "SELECT id FROM jobs WHERE status = '{}' AND worker = ",
+        let mut query = QueryBuilder::new("SELECT id FROM jobs");
+        Self::push_held_by(&mut query, status, worker, ids);
+        query.push(DB::LOCKED);
+        query
+    }
+
+    /// ` WHERE` the jobs `ids` (never empty) are in `status` by `worker`: the condition of every
+    /// batched write of a worker's jobs.
+    fn push_held_by(query: &mut QueryBuilder<'a, DB>, status: Status, worker: &str, ids: &[i64]) {
+        query.push(format_args!(
+            " WHERE status = '{}' AND worker = ",
             status.as_str()
         ));
         query.push_bind(worker.to_owned());
         query.push(" AND id ");
-        DB::push_in_ids(&mut query, ids);
-        query.push(DB::LOCKED);
-        query
+        DB::push_in_ids(query, ids);
     }
 
     /// [`Store::finish`](super::Store::finish) of one job that did not end DONE: RUNNING by

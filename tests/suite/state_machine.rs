@@ -1168,13 +1168,7 @@ impl Table {
             };
             one(&mut edits, *id, edit);
         }
-        let before = self.rows.clone();
-        let after = self.advance(start, edits).await?;
-        let changed: BTreeSet<i64> = before
-            .iter()
-            .filter(|(id, row)| after[*id] != **row)
-            .map(|(id, _)| *id)
-            .collect();
+        let (_, changed) = self.advance_changed(start, edits).await?;
         self.ensure(changed == winners, || {
             format!("finish won {won:?}, but the rows it changed were {changed:?}")
         })
@@ -1223,13 +1217,7 @@ impl Table {
             };
             one(&mut edits, *id, edit);
         }
-        let before = self.rows.clone();
-        let after = self.advance(start, edits).await?;
-        let changed: BTreeSet<i64> = before
-            .iter()
-            .filter(|(id, row)| after[*id] != **row)
-            .map(|(id, _)| *id)
-            .collect();
+        let (after, changed) = self.advance_changed(start, edits).await?;
         self.ensure(changed == winners, || {
             format!("finish_unstarted won {won:?}, but the rows it changed were {changed:?}")
         })?;
@@ -1422,6 +1410,22 @@ impl Table {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::advance`], and the ids of the rows the step changed.
+    async fn advance_changed(
+        &mut self,
+        start: DateTime<Utc>,
+        edits: Edits,
+    ) -> Result<(BTreeMap<i64, JobRow>, BTreeSet<i64>), String> {
+        let before = self.rows.clone();
+        let after = self.advance(start, edits).await?;
+        let changed = before
+            .iter()
+            .filter(|(id, row)| after[*id] != **row)
+            .map(|(id, _)| *id)
+            .collect();
+        Ok((after, changed))
     }
 
     /// Reads the table after a step that began at `start`, checks it against `edits` (the rows
