@@ -19,8 +19,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use chrono_tz::Tz;
 use croner::Cron;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, Zoned};
 use croner::parser::{CronParser, Seconds, Year};
 
 /// The most slots one pass inserts for one schedule: a long outage with `catch_up = 'all'`
@@ -74,7 +75,7 @@ impl FromStr for CatchUp {
 #[derive(Debug, Clone)]
 pub struct Slots {
     cron: Cron,
-    zone: Tz,
+    zone: TimeZone,
 }
 
 impl Slots {
@@ -82,7 +83,7 @@ impl Slots {
     /// says in words what is wrong with either. A cron that never matches (the 30th of
     /// February) is refused too: it would have no next slot.
     pub fn parse(cron: &str, timezone: &str) -> Result<Slots, String> {
-        let zone: Tz = timezone.parse().map_err(|_| {
+        let zone = jiff::tz::db().get(timezone).map_err(|_| {
             format!(
                 "unknown timezone {timezone:?}: expected an IANA name such as UTC or Europe/Berlin"
             )
@@ -109,20 +110,20 @@ impl Slots {
 
     /// The first slot strictly after `at`.
     pub fn after(&self, at: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-        let from = whole_second(at).with_timezone(&self.zone);
+        let from = self.zoned(at).ok_or_else(|| format!("no slot after {at}: out of range"))?;
         self.cron
             .find_next_occurrence(&from, false)
-            .map(|slot| slot.with_timezone(&Utc))
             .map_err(|error| format!("no slot after {at}: {error}"))
+            .and_then(|slot| {
+                utc_of(&slot).ok_or_else(|| format!("no slot after {at}: out of range"))
+            })
     }
 
     /// The last slot at or before `at`, if there is one.
     pub fn at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let from = whole_second(at).with_timezone(&self.zone);
-        self.cron
-            .find_previous_occurrence(&from, true)
-            .ok()
-            .map(|slot| slot.with_timezone(&Utc))
+        let from = self.zoned(at)?;
+        let slot = self.cron.find_previous_occurrence(&from, true).ok()?;
+        utc_of(&slot)
     }
 
     /// Whether `at` is one of the slots: false once the cron or time zone has been changed
@@ -130,6 +131,17 @@ impl Slots {
     pub fn is_slot(&self, at: DateTime<Utc>) -> bool {
         at == whole_second(at) && self.after(at - TimeDelta::seconds(1)) == Ok(at)
     }
+
+    /// `at`, to the whole second, in the schedule's time zone; `None` outside the years
+    /// -9999 to 9999 that jiff reckons with.
+    fn zoned(&self, at: DateTime<Utc>) -> Option<Zoned> {
+        let second = Timestamp::from_second(whole_second(at).timestamp()).ok()?;
+        Some(second.to_zoned(self.zone.clone()))
+    }
+}
+
+fn utc_of(slot: &Zoned) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(slot.timestamp().as_second(), 0)
 }
 
 fn whole_second(at: DateTime<Utc>) -> DateTime<Utc> {
@@ -300,14 +312,22 @@ mod tests {
     }
 
     #[test]
+    fn times_beyond_the_calendar_have_no_slot_and_say_so() {
+        let slots = every_two_seconds();
+        let error = slots.after(DateTime::<Utc>::MAX_UTC).expect_err("year 262143");
+        assert!(error.contains("out of range"), "{error}");
+        assert_eq!(slots.at_or_before(DateTime::<Utc>::MIN_UTC), None);
+        assert!(!slots.is_slot(DateTime::<Utc>::MAX_UTC));
+    }
+
+    #[test]
     fn daily_slots_across_daylight_saving_changes_in_berlin() {
         let slots = Slots::parse("30 2 * * *", "Europe/Berlin").expect("a good cron");
         let berlin = |y, m, d, h, min| {
-            chrono_tz::Europe::Berlin
-                .with_ymd_and_hms(y, m, d, h, min, 0)
-                .earliest()
-                .expect("a Berlin time")
-                .with_timezone(&Utc)
+            let zoned = jiff::civil::datetime(y, m, d, h, min, 0, 0)
+                .in_tz("Europe/Berlin")
+                .expect("a Berlin time");
+            utc_of(&zoned).expect("in range")
         };
         // Spring: on 29 March 2026 the clocks jump from 02:00 to 03:00, so 02:30 does not
         // exist; the slot is the first instant after the gap, 03:00 summer time (01:00 UTC).
