@@ -1,6 +1,8 @@
 # jobsd: build the release binary, then ship it alone on a small, non-root runtime image.
 
-FROM rust:1-bookworm AS build
+# The toolchain link/hot-functions.txt was written with: its symbol names carry the compiler's
+# version (see scripts/hot-functions).
+FROM rust:1.95-bookworm AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # A static binary, glibc linked in: no shared libraries to map at run time (most of a small
@@ -9,6 +11,7 @@ WORKDIR /src
 ENV RUSTFLAGS="-C target-feature=+crt-static"
 # Dependencies first, in a layer of their own: source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY link link
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
@@ -20,7 +23,7 @@ COPY src src
 RUN touch src/main.rs src/lib.rs \
     && target="$(rustc -vV | sed -n 's/^host: //p')" \
     && cargo build --release --locked --target "$target" \
-    && cp "target/$target/release/jobsd" /jobsd
+    && strip --strip-all --output-file /jobsd "target/$target/release/jobsd"
 
 # Distroless static: CA certificates, time zones and /tmp; no libc, shell or package manager.
 FROM gcr.io/distroless/static-debian12:nonroot

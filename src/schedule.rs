@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
-use croner::parser::{CronParser, Seconds, Year};
 
 /// The most slots one pass inserts for one schedule: a long outage with `catch_up = 'all'`
 /// inserts its missed slots over several passes, never all in one.
@@ -110,7 +110,9 @@ impl Slots {
 
     /// The first slot strictly after `at`.
     pub fn after(&self, at: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-        let from = self.zoned(at).ok_or_else(|| format!("no slot after {at}: out of range"))?;
+        let from = self
+            .zoned(at)
+            .ok_or_else(|| format!("no slot after {at}: out of range"))?;
         self.cron
             .find_next_occurrence(&from, false)
             .map_err(|error| format!("no slot after {at}: {error}"))
@@ -268,7 +270,6 @@ fn insert(slots: &Slots, slot: DateTime<Utc>) -> Result<Step, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
 
     fn utc(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -314,7 +315,9 @@ mod tests {
     #[test]
     fn times_beyond_the_calendar_have_no_slot_and_say_so() {
         let slots = every_two_seconds();
-        let error = slots.after(DateTime::<Utc>::MAX_UTC).expect_err("year 262143");
+        let error = slots
+            .after(DateTime::<Utc>::MAX_UTC)
+            .expect_err("year 262143");
         assert!(error.contains("out of range"), "{error}");
         assert_eq!(slots.at_or_before(DateTime::<Utc>::MIN_UTC), None);
         assert!(!slots.is_slot(DateTime::<Utc>::MAX_UTC));
