@@ -2,7 +2,7 @@
 
 # The toolchain link/hot-functions.txt was written with: its symbol names carry the compiler's
 # version (see scripts/hot-functions).
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95.0-bookworm AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # A static binary, glibc linked in: no shared libraries to map at run time (most of a small
