@@ -29,11 +29,17 @@ fn main() {
 }
 
 /// Whether rustc links this build with its own lld: on x86_64 Linux from Rust 1.90, unless the
-/// build names another linker.
+/// build names another linker (cargo's `linker` setting, or `-C linker` or `-fuse-ld` in the
+/// flags).
 fn links_with_lld() -> bool {
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let target = std::env::var("TARGET").unwrap_or_default();
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if target != "x86_64-unknown-linux-gnu" || flags.contains("linker") {
+    if target != "x86_64-unknown-linux-gnu"
+        || std::env::var_os("RUSTC_LINKER").is_some()
+        || flags.contains("linker")
+        || flags.contains("fuse-ld")
+    {
         return false;
     }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
