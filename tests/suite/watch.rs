@@ -4,6 +4,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use crate::common::TestDb;
 use crate::reliability::processes::Launcher;
 
@@ -31,16 +33,24 @@ async fn watch(db: &TestDb, seconds: u64, terminal: bool) -> String {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", &db.url)
         .env("TERM", "xterm-256color")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
-    let child = command.spawn().expect("the watch view starts");
+    let mut child = command.spawn().expect("the watch view starts");
     let pid = child.id().expect("pid");
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    // Ctrl-C, as a person ends it.
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status();
+    // Ctrl-C, as a person ends it: typed into the terminal, whose line discipline signals the
+    // view itself (a signal to `script` alone would leave it running on a terminal hung up, if
+    // it inherited SIGHUP ignored); sent as SIGINT without one.
+    if terminal {
+        let mut keyboard = child.stdin.take().expect("the terminal's input");
+        keyboard.write_all(b"\x03").await.expect("Ctrl-C typed");
+        keyboard.flush().await.expect("Ctrl-C sent");
+    } else {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+    }
     let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .expect("the view stops on SIGINT")
