@@ -1,4 +1,4 @@
-//! Link settings that keep the daemon's resident set small (ARCHITECTURE.md, "Memory").
+//! Link settings that keep the daemon's resident set small (ARCHITECTURE.md, "The binary's own memory").
 //!
 //! - Packed relative relocations (RELR): a position-independent binary otherwise carries one
 //!   24-byte record per pointer in its read-only data, which the loader reads at every start
@@ -42,6 +42,7 @@ fn links_with_lld() -> bool {
     {
         return false;
     }
+    // Not the rustc_version crate: a dependency more changes the symbol names the list holds.
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let Ok(output) = Command::new(rustc).arg("--version").output() else {
         return false;

@@ -110,15 +110,13 @@ impl Slots {
 
     /// The first slot strictly after `at`.
     pub fn after(&self, at: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-        let from = self
-            .zoned(at)
-            .ok_or_else(|| format!("no slot after {at}: out of range"))?;
-        self.cron
+        let no_slot = |why: &dyn std::fmt::Display| format!("no slot after {at}: {why}");
+        let from = self.zoned(at).ok_or_else(|| no_slot(&"out of range"))?;
+        let slot = self
+            .cron
             .find_next_occurrence(&from, false)
-            .map_err(|error| format!("no slot after {at}: {error}"))
-            .and_then(|slot| {
-                utc_of(&slot).ok_or_else(|| format!("no slot after {at}: out of range"))
-            })
+            .map_err(|error| no_slot(&error))?;
+        utc_of(&slot).ok_or_else(|| no_slot(&"out of range"))
     }
 
     /// The last slot at or before `at`, if there is one.
